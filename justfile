@@ -1,0 +1,51 @@
+# TaskMaster tasks. `just --list` shows them.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := justfile_directory() / ".venv"
+python := venv / "bin" / "python"
+# podman first, then docker; override with `just COMPOSE="docker compose" up`.
+COMPOSE := `if command -v podman >/dev/null 2>&1; then echo "podman compose"; elif command -v podman-compose >/dev/null 2>&1; then echo podman-compose; else echo "docker compose"; fi`
+
+# List the recipes.
+default:
+    @just --list
+
+# Create .venv and install TaskMaster with its dev tools.
+install:
+    test -x {{python}} || python3 -m venv {{venv}}
+    {{python}} -m pip install -q --upgrade pip
+    {{python}} -m pip install -q -e '.[dev]'
+
+# ruff and mypy on tm/ (generated code excluded).
+lint:
+    {{venv}}/bin/ruff check tm tests
+    {{venv}}/bin/mypy
+
+# Lint, then the whole test suite (unit, integration, e2e).
+test *args: lint
+    {{python}} -m pytest {{args}}
+
+# Unit tests only (no database).
+test-unit *args:
+    {{python}} -m pytest tests/unit {{args}}
+
+# Regenerate tm/proto/gen from tm/proto/taskmaster.proto.
+proto:
+    rm -rf tm/proto/gen && mkdir -p tm/proto/gen
+    PATH={{venv}}/bin:$PATH {{python}} -m grpc_tools.protoc -I tm/proto \
+        --python_betterproto2_out=tm/proto/gen \
+        --python_betterproto2_opt=client_generation=async,server_generation=async \
+        tm/proto/taskmaster.proto
+
+# Everything on this machine in one process: scheduler, coordinator, workers.
+dev *args:
+    {{venv}}/bin/tm dev {{args}}
+
+# Start the compose cluster (PostgreSQL, migrate, scheduler, coordinator, workers).
+up workers="3":
+    {{COMPOSE}} up -d --build --scale worker={{workers}}
+
+# Stop the compose cluster (data volume kept).
+down:
+    {{COMPOSE}} down

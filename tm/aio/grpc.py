@@ -1,0 +1,203 @@
+"""grpclib behind a trio-shaped API: serve a service as a trio task, call a peer from trio.
+
+Handlers are written as plain trio `async def method(request) -> response` on an object;
+`serve_grpc` bridges them into grpclib's asyncio server. Raising `RpcError` from a handler
+answers the call with that gRPC status; any other exception is logged and answered as
+INTERNAL without taking the server down.
+
+grpclib 0.4.9 is pinned: on Python >= 3.12 `Server.wait_closed()` waits for connected
+clients forever, so `TrackingServer` records transports (a private grpclib hook) and closes
+them itself before waiting, with the wait bounded. tests/integration/test_grpc_bridge.py
+covers this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from enum import Enum
+from typing import Any, TypeVar
+
+import structlog
+import trio
+import trio_asyncio
+from grpclib import GRPCError
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import StreamTerminatedError
+from grpclib.server import Server
+
+log = structlog.get_logger("tm.grpc")
+
+M = TypeVar("M")
+R = TypeVar("R")
+
+
+class Code(Enum):
+    INVALID_ARGUMENT = Status.INVALID_ARGUMENT
+    NOT_FOUND = Status.NOT_FOUND
+    FAILED_PRECONDITION = Status.FAILED_PRECONDITION
+    UNAVAILABLE = Status.UNAVAILABLE
+
+
+class RpcError(Exception):
+    """Raised by a handler to answer with a gRPC status instead of a response."""
+
+    def __init__(self, code: Code, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class RpcFailed(Exception):
+    """A call to a peer failed. `delivered` is False only when the request certainly
+    never reached the peer's handler (connection refused, peer answered UNAVAILABLE before
+    running it); None means it may or may not have run."""
+
+    def __init__(self, message: str, *, delivered: bool | None, status: str | None = None):
+        super().__init__(message)
+        self.delivered = delivered
+        self.status = status
+
+
+class TrackingServer(Server):
+    """A grpclib Server that can close its client connections (see module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._transports: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def _protocol_factory(self) -> Any:  # private grpclib hook (0.4.x, pinned)
+        protocol = super()._protocol_factory()
+        original = protocol.connection_made
+
+        def connection_made(transport: Any) -> None:
+            self._transports.add(transport)
+            original(transport)
+
+        setattr(protocol, "connection_made", connection_made)  # noqa: B010 - mypy: method
+        return protocol
+
+    def close_transports(self) -> None:
+        for transport in list(self._transports):
+            transport.close()
+
+
+def bridge(base: type[Any], impl: object) -> Any:
+    """An instance of generated service `base` whose RPC methods call `impl`'s trio methods."""
+    methods = [
+        name
+        for name, value in vars(base).items()
+        if not name.startswith("_") and inspect.iscoroutinefunction(value)
+    ]
+    attributes: dict[str, Any] = {}
+    for name in methods:
+        target = getattr(impl, name)
+
+        async def handler(self: Any, message: Any, _target: Any = target, _name: str = name) -> Any:
+            try:
+                return await trio_asyncio.trio_as_aio(_target)(message)
+            except RpcError as exc:
+                raise GRPCError(exc.code.value, exc.message) from None
+            except GRPCError:
+                raise
+            except Exception:
+                log.exception("rpc handler failed", action="rpc_error", method=_name)
+                raise GRPCError(Status.INTERNAL, f"internal error in {_name}") from None
+
+        attributes[name] = handler
+    return type(f"{base.__name__}Bridge", (base,), attributes)()
+
+
+async def serve_grpc(
+    services: list[Any],
+    host: str,
+    port: int,
+    *,
+    grace: float = 2.0,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve bridged `services` on host:port until cancelled; reports the bound address."""
+    server = TrackingServer(services)
+    await trio_asyncio.aio_as_trio(server.start)(host, port)
+    listener: Any = server._server  # an asyncio.Server once started
+    bound = listener.sockets[0].getsockname()
+    task_status.started((bound[0], bound[1]))
+    try:
+        await trio.sleep_forever()
+    finally:
+        server.close()
+        server.close_transports()
+        with trio.CancelScope(shield=True), trio.move_on_after(grace):
+            await trio_asyncio.aio_as_trio(server.wait_closed)()
+
+
+def split_address(address: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """'host:port', '[::1]:port' or ':port' -> (host, port). ValueError names the problem."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"address must look like HOST:PORT, got {address!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range in {address!r}")
+    host = host.strip("[]") or default_host
+    return host, port
+
+
+def join_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Peer:
+    """One long-lived channel to a peer's service, used from trio."""
+
+    def __init__(self, channel: Channel, stub: Any, address: str) -> None:
+        self._channel = channel
+        self._stub = stub
+        self.address = address
+
+    def __repr__(self) -> str:
+        return f"<Peer {self.address}>"
+
+    async def call(self, method: str, message: Any, *, timeout: float) -> Any:
+        """Call `method` (a stub method name) with `message`; raises RpcFailed."""
+        fn: Callable[..., Awaitable[Any]] = getattr(self._stub, method)
+        try:
+            return await trio_asyncio.aio_as_trio(fn)(message, timeout=timeout)
+        except GRPCError as exc:
+            delivered = False if exc.status is Status.UNAVAILABLE else None
+            raise RpcFailed(
+                f"{self.address}: {exc.status.name} {exc.message}",
+                delivered=delivered,
+                status=exc.status.name,
+            ) from exc
+        except (TimeoutError, StreamTerminatedError) as exc:
+            # TimeoutError is an OSError: it must be caught before the clause below.
+            raise RpcFailed(f"{self.address}: {type(exc).__name__} {exc}", delivered=None) from exc
+        except OSError as exc:  # refused, unreachable, reset while connecting
+            raise RpcFailed(f"{self.address}: {exc}", delivered=False) from exc
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def connect_peer(stub_class: type[Any], address: str) -> Peer:
+    """A channel to `address` (connects lazily on first call, reconnects by itself).
+
+    Must be called inside `trio_asyncio.open_loop()`; close it with `Peer.close()`.
+    """
+    host, port = split_address(address)
+    channel = Channel(host, port)
+    return Peer(channel, stub_class(channel), address)
+
+
+@contextlib.asynccontextmanager
+async def open_peer(stub_class: type[Any], address: str) -> AsyncIterator[Peer]:
+    """`connect_peer` for the duration of the block."""
+    peer = connect_peer(stub_class, address)
+    try:
+        yield peer
+    finally:
+        peer.close()

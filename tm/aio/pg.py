@@ -1,0 +1,202 @@
+"""asyncpg behind a trio-shaped API.
+
+`open_database` yields a `Database` whose methods each cross the trio/asyncio bridge once.
+Work that needs several statements (a transaction) is written as an asyncio-side coroutine
+taking a connection and passed to `Database.run`, so it still crosses once.
+
+Any failure to reach PostgreSQL surfaces as `DatabaseUnavailable`, which the services turn
+into 503s and retries, never a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import asyncpg
+import structlog
+import trio
+import trio_asyncio
+
+from tm.core.backoff import exponential
+
+log = structlog.get_logger("tm.db")
+
+T = TypeVar("T")
+
+
+class Connection(Protocol):
+    """The part of asyncpg.Connection the project uses (for typing tm/db)."""
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]: ...
+    async def fetchrow(self, query: str, *args: Any) -> Any: ...
+    async def fetchval(self, query: str, *args: Any) -> Any: ...
+    async def execute(self, query: str, *args: Any) -> str: ...
+    def transaction(self) -> Any: ...
+
+
+class DatabaseUnavailable(Exception):
+    """PostgreSQL cannot be reached right now (down, restarting, network)."""
+
+
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    ConnectionError,
+    TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+UniqueViolation = asyncpg.exceptions.UniqueViolationError
+
+
+class Database:
+    """A pool of connections. Use from trio inside `trio_asyncio.open_loop()`."""
+
+    def __init__(self, pool: Any, url: str) -> None:
+        self._pool = pool
+        self.url = url
+
+    def __repr__(self) -> str:
+        size = self._pool.get_size()
+        idle = self._pool.get_idle_size()
+        return f"<Database [connections: {size - idle} busy, {idle} idle]>"
+
+    def statistics(self) -> dict[str, int]:
+        return {"size": self._pool.get_size(), "idle": self._pool.get_idle_size()}
+
+    async def run(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run an asyncio-side `work(conn)` on a pooled connection; one bridge crossing."""
+
+        async def on_asyncio() -> T:
+            async with self._pool.acquire() as conn:
+                return await work(conn)
+
+        try:
+            return await trio_asyncio.aio_as_trio(on_asyncio)()  # type: ignore[no-any-return]
+        except _UNAVAILABLE as exc:
+            raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        return await self.run(lambda conn: conn.fetch(query, *args))
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        return await self.run(lambda conn: conn.fetchrow(query, *args))
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self.run(lambda conn: conn.fetchval(query, *args))
+
+    async def execute(self, query: str, *args: Any) -> str:
+        return await self.run(lambda conn: conn.execute(query, *args))
+
+    async def transaction(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run `work(conn)` inside one transaction; one bridge crossing."""
+
+        async def in_transaction(conn: Connection) -> T:
+            async with conn.transaction():
+                return await work(conn)
+
+        return await self.run(in_transaction)
+
+    async def ping(self) -> None:
+        await self.fetchval("SELECT 1")
+
+    @contextlib.asynccontextmanager
+    async def listen(self, channel: str) -> AsyncIterator[trio.MemoryReceiveChannel[str]]:
+        """Payloads of NOTIFY on `channel`, on a dedicated connection, as a trio channel.
+
+        If the connection breaks, the channel is closed: callers treat that as "rescan".
+        """
+        send, receive = trio.open_memory_channel[str](1024)
+
+        def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+                send.send_nowait(payload)
+
+        def on_terminate(_conn: Any) -> None:
+            send.close()
+
+        async def connect() -> Any:
+            conn = await self._pool.acquire()
+            conn.add_termination_listener(on_terminate)
+            await conn.add_listener(channel, on_notify)
+            return conn
+
+        try:
+            conn = await trio_asyncio.aio_as_trio(connect)()
+        except _UNAVAILABLE as exc:
+            raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+        try:
+            yield receive
+        finally:
+            send.close()
+
+            async def disconnect() -> None:
+                try:
+                    await conn.remove_listener(channel, on_notify)
+                finally:
+                    await self._pool.release(conn)
+
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(2),
+                contextlib.suppress(*_UNAVAILABLE),
+            ):
+                await trio_asyncio.aio_as_trio(disconnect)()
+
+
+async def _create_pool(url: str, min_size: int, max_size: int) -> Any:
+    return await asyncpg.create_pool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        command_timeout=30,
+        max_inactive_connection_lifetime=60,
+        server_settings={"application_name": "taskmaster", "timezone": "UTC"},
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_database(
+    url: str, *, min_size: int = 1, max_size: int = 10, retry_for: float = float("inf")
+) -> AsyncIterator[Database]:
+    """A connection pool to `url`, waiting (with backoff, logged) while PostgreSQL is down.
+
+    Gives up with DatabaseUnavailable after `retry_for` seconds. Must be entered inside
+    `trio_asyncio.open_loop()`.
+    """
+    deadline = trio.current_time() + retry_for
+    tries = 0
+    while True:
+        try:
+            pool = await trio_asyncio.aio_as_trio(_create_pool)(url, min_size, max_size)
+            break
+        except (*_UNAVAILABLE, asyncpg.exceptions.InvalidCatalogNameError) as exc:
+            tries += 1
+            delay = exponential(tries, base=0.2, cap=5.0, jitter=random.random())
+            if trio.current_time() + delay > deadline:
+                raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+            log.warning(
+                "database unreachable, retrying",
+                action="db_retry",
+                error=str(exc),
+                retry_in=round(delay, 2),
+            )
+            await trio.sleep(delay)
+    if tries:
+        log.info("database reachable", action="db_connected")
+    try:
+        yield Database(pool, url)
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            try:
+                await trio_asyncio.aio_as_trio(pool.close)()
+            except Exception:
+                pool.terminate()

@@ -1,0 +1,518 @@
+"""The `tm` command. Every option also reads `TM_<OPTION>` (shown by --help)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+import trio
+
+from tm import logs
+from tm.aio.grpc import split_address
+from tm.runner import run
+from tm.settings import (
+    DEFAULT_DATABASE_URL,
+    CoordinatorSettings,
+    SchedulerSettings,
+    WorkerSettings,
+)
+
+F = Callable[..., Any]
+
+
+def _address(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        split_address(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+    return value
+
+
+def database_option(fn: F) -> F:
+    return click.option(
+        "--database-url",
+        envvar="TM_DATABASE_URL",
+        show_envvar=True,
+        default=DEFAULT_DATABASE_URL,
+        show_default=True,
+        help="PostgreSQL URL.",
+    )(fn)
+
+
+def grace_option(default: float) -> Callable[[F], F]:
+    return click.option(
+        "--grace",
+        envvar="TM_GRACE",
+        show_envvar=True,
+        type=click.FloatRange(min=0),
+        default=default,
+        show_default=True,
+        help="Seconds to finish work after SIGTERM/SIGINT before stopping hard.",
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="taskmaster")
+def main() -> None:
+    """TaskMaster: a distributed task scheduler.
+
+    Servers: scheduler (HTTP API), coordinator (dispatch), worker (execution).
+    Clients: submit, status, tasks, cancel, workers.
+    """
+    logs.configure()
+
+
+# ---------------------------------------------------------------------------- servers
+
+
+@main.command()
+@click.option(
+    "--http-addr",
+    envvar="TM_HTTP_ADDR",
+    show_envvar=True,
+    default="127.0.0.1:8081",
+    show_default=True,
+    callback=_address,
+    help="Address the HTTP API listens on.",
+)
+@click.option(
+    "--api-token",
+    envvar="TM_API_TOKEN",
+    show_envvar=True,
+    default=None,
+    help="Require 'Authorization: Bearer <token>' (health endpoints stay open).",
+)
+@click.option(
+    "--worker-timeout",
+    envvar="TM_WORKER_TIMEOUT",
+    show_envvar=True,
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="GET /workers hides workers silent for longer (seconds).",
+)
+@database_option
+@grace_option(5.0)
+def scheduler(
+    http_addr: str, api_token: str | None, worker_timeout: float, database_url: str, grace: float
+) -> None:
+    """Serve the HTTP API."""
+    from tm.scheduler.service import serve_scheduler
+
+    settings = SchedulerSettings(
+        database_url=database_url,
+        http_addr=http_addr,
+        api_token=api_token or None,
+        worker_timeout_s=worker_timeout,
+    )
+
+    async def main_(stop: trio.Event) -> None:
+        await serve_scheduler(settings, stop=stop)
+
+    run(main_, grace=grace)
+
+
+def coordinator_options(fn: F) -> F:
+    options = [
+        click.option(
+            "--heartbeat-timeout",
+            envvar="TM_HEARTBEAT_TIMEOUT",
+            show_envvar=True,
+            type=click.FloatRange(min=0.1),
+            default=5.0,
+            show_default=True,
+            help="A worker silent this long (seconds) is lost; its tasks move on.",
+        ),
+        click.option(
+            "--heartbeat-interval",
+            envvar="TM_HEARTBEAT_INTERVAL",
+            show_envvar=True,
+            type=click.FloatRange(min=0.01),
+            default=1.0,
+            show_default=True,
+            help="How often workers are told to heartbeat (seconds).",
+        ),
+        click.option(
+            "--lease",
+            envvar="TM_LEASE",
+            show_envvar=True,
+            type=click.FloatRange(min=1),
+            default=30.0,
+            show_default=True,
+            help="Task lease (seconds), renewed by heartbeats; expiry frees the task.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _coordinator_settings(
+    database_url: str,
+    grpc_addr: str,
+    heartbeat_timeout: float,
+    heartbeat_interval: float,
+    lease: float,
+) -> CoordinatorSettings:
+    if heartbeat_interval >= heartbeat_timeout:
+        raise click.UsageError("--heartbeat-interval must be shorter than --heartbeat-timeout")
+    if lease <= heartbeat_timeout:
+        raise click.UsageError("--lease must be longer than --heartbeat-timeout")
+    return CoordinatorSettings(
+        database_url=database_url,
+        grpc_addr=grpc_addr,
+        heartbeat_timeout_s=heartbeat_timeout,
+        heartbeat_interval_s=heartbeat_interval,
+        lease_s=lease,
+    )
+
+
+@main.command()
+@click.option(
+    "--grpc-addr",
+    envvar="TM_GRPC_ADDR",
+    show_envvar=True,
+    default="127.0.0.1:8080",
+    show_default=True,
+    callback=_address,
+    help="Address workers connect to.",
+)
+@coordinator_options
+@database_option
+@grace_option(5.0)
+def coordinator(
+    grpc_addr: str,
+    heartbeat_timeout: float,
+    heartbeat_interval: float,
+    lease: float,
+    database_url: str,
+    grace: float,
+) -> None:
+    """Dispatch due tasks to registered workers."""
+    from tm.coordinator.service import serve_coordinator
+
+    settings = _coordinator_settings(
+        database_url, grpc_addr, heartbeat_timeout, heartbeat_interval, lease
+    )
+
+    async def main_(stop: trio.Event) -> None:
+        await serve_coordinator(settings, stop=stop)
+
+    run(main_, grace=grace)
+
+
+def worker_options(fn: F) -> F:
+    options = [
+        click.option(
+            "--concurrency",
+            envvar="TM_CONCURRENCY",
+            show_envvar=True,
+            type=click.IntRange(1, 10_000),
+            default=5,
+            show_default=True,
+            help="Tasks run at the same time.",
+        ),
+        click.option(
+            "--queue-size",
+            envvar="TM_QUEUE_SIZE",
+            show_envvar=True,
+            type=click.IntRange(0, 1_000_000),
+            default=100,
+            show_default=True,
+            help="Tasks held waiting for a free executor.",
+        ),
+        click.option(
+            "--executor",
+            envvar="TM_EXECUTOR",
+            show_envvar=True,
+            type=click.Choice(["echo", "shell"]),
+            default="echo",
+            show_default=True,
+            help="echo: record the command as output. shell: run it with /bin/sh "
+            "(anyone who can reach the API can then run commands).",
+        ),
+        click.option(
+            "--drain-grace",
+            envvar="TM_DRAIN_GRACE",
+            show_envvar=True,
+            type=click.FloatRange(min=0),
+            default=30.0,
+            show_default=True,
+            help="On SIGTERM, seconds running tasks get to finish.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@main.command()
+@click.option(
+    "--coordinator",
+    "coordinator_addr",
+    envvar="TM_COORDINATOR",
+    show_envvar=True,
+    default="127.0.0.1:8080",
+    show_default=True,
+    callback=_address,
+    help="Coordinator address.",
+)
+@click.option(
+    "--grpc-addr",
+    envvar="TM_GRPC_ADDR",
+    show_envvar=True,
+    default="127.0.0.1:0",
+    show_default=True,
+    callback=_address,
+    help="Address this worker listens on (port 0: any free port).",
+)
+@click.option(
+    "--advertise",
+    envvar="TM_ADVERTISE",
+    show_envvar=True,
+    default=None,
+    callback=_address,
+    help="Address the coordinator dials [default: the bound address].",
+)
+@click.option(
+    "--worker-id",
+    envvar="TM_WORKER_ID",
+    show_envvar=True,
+    default=None,
+    help="Stable worker id [default: host name plus a random suffix].",
+)
+@worker_options
+def worker(
+    coordinator_addr: str,
+    grpc_addr: str,
+    advertise: str | None,
+    worker_id: str | None,
+    concurrency: int,
+    queue_size: int,
+    executor: str,
+    drain_grace: float,
+) -> None:
+    """Run tasks pushed by the coordinator."""
+    from tm.worker.service import serve_worker
+
+    settings = WorkerSettings(
+        coordinator=coordinator_addr,
+        grpc_addr=grpc_addr,
+        advertise=advertise,
+        concurrency=concurrency,
+        queue_size=queue_size,
+        executor=executor,
+        worker_id=worker_id,
+        drain_grace_s=drain_grace,
+    )
+
+    async def main_(stop: trio.Event) -> None:
+        await serve_worker(settings, stop=stop)
+
+    run(main_, grace=drain_grace + 10)
+
+
+@main.command()
+@database_option
+def migrate(database_url: str) -> None:
+    """Apply pending schema migrations and exit."""
+    import trio_asyncio
+
+    from tm.aio.pg import DatabaseUnavailable, open_database
+    from tm.db.migrate import migrate as apply
+
+    async def main_() -> list[int]:
+        async with trio_asyncio.open_loop(), open_database(database_url, retry_for=30) as db:
+            return await apply(db)
+
+    try:
+        applied = trio.run(main_)
+    except DatabaseUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps({"applied": applied}))
+
+
+@main.command()
+@click.option(
+    "--workers",
+    "workers_",
+    envvar="TM_WORKERS",
+    show_envvar=True,
+    type=click.IntRange(0, 64),
+    default=3,
+    show_default=True,
+    help="Workers to start.",
+)
+@click.option(
+    "--http-addr",
+    envvar="TM_HTTP_ADDR",
+    show_envvar=True,
+    default="127.0.0.1:8081",
+    show_default=True,
+    callback=_address,
+)
+@click.option(
+    "--grpc-addr",
+    envvar="TM_GRPC_ADDR",
+    show_envvar=True,
+    default="127.0.0.1:8080",
+    show_default=True,
+    callback=_address,
+)
+@worker_options
+@database_option
+def dev(
+    workers_: int,
+    http_addr: str,
+    grpc_addr: str,
+    concurrency: int,
+    queue_size: int,
+    executor: str,
+    drain_grace: float,
+    database_url: str,
+) -> None:
+    """Scheduler, coordinator and workers in one process (Ctrl-C stops all)."""
+    from tm.dev import serve_dev
+
+    async def main_(stop: trio.Event) -> None:
+        await serve_dev(
+            SchedulerSettings(database_url=database_url, http_addr=http_addr),
+            CoordinatorSettings(database_url=database_url, grpc_addr=grpc_addr),
+            WorkerSettings(
+                concurrency=concurrency,
+                queue_size=queue_size,
+                executor=executor,
+                drain_grace_s=drain_grace,
+            ),
+            workers=workers_,
+            stop=stop,
+        )
+
+    run(main_, grace=drain_grace + 10)
+
+
+# ---------------------------------------------------------------------------- client
+
+url_option = click.option(
+    "--url",
+    envvar="TM_URL",
+    show_envvar=True,
+    default="http://127.0.0.1:8081",
+    show_default=True,
+    help="Scheduler base URL.",
+)
+token_option = click.option(
+    "--api-token",
+    envvar="TM_API_TOKEN",
+    show_envvar=True,
+    default=None,
+    help="Bearer token, if the API requires one.",
+)
+
+
+def _request(method: str, url: str, path: str, token: str | None, **kwargs: Any) -> Any:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.request(
+            method, url.rstrip("/") + path, headers=headers, timeout=30, **kwargs
+        )
+    except httpx.HTTPError as exc:
+        click.echo(f"error: cannot reach {url}: {exc}", err=True)
+        sys.exit(3)
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": response.text[:500]}
+    if response.status_code >= 400:
+        click.echo(f"error: {response.status_code}: {body.get('error', body)}", err=True)
+        sys.exit(1 if response.status_code < 500 else 3)
+    return body
+
+
+def _print(body: Any) -> None:
+    click.echo(json.dumps(body, indent=2, ensure_ascii=False))
+
+
+@main.command()
+@click.argument("command")
+@click.option("--at", "at", default=None, help="RFC 3339 time with offset [default: now].")
+@click.option("--max-attempts", type=click.IntRange(1, 100), default=None)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--idempotency-key", default=None)
+@click.option("--at-most-once", is_flag=True, default=False)
+@url_option
+@token_option
+def submit(
+    command: str,
+    at: str | None,
+    max_attempts: int | None,
+    timeout_s: float | None,
+    idempotency_key: str | None,
+    at_most_once: bool,
+    url: str,
+    api_token: str | None,
+) -> None:
+    """Schedule COMMAND; prints the task."""
+    body: dict[str, Any] = {"command": command}
+    for key, value in (
+        ("scheduled_at", at),
+        ("max_attempts", max_attempts),
+        ("timeout_s", timeout_s),
+        ("idempotency_key", idempotency_key),
+    ):
+        if value is not None:
+            body[key] = value
+    if at_most_once:
+        body["at_most_once"] = True
+    _print(_request("POST", url, "/tasks", api_token, json=body))
+
+
+@main.command()
+@click.argument("task_id")
+@url_option
+@token_option
+def status(task_id: str, url: str, api_token: str | None) -> None:
+    """Show one task."""
+    _print(_request("GET", url, f"/tasks/{task_id}", api_token))
+
+
+@main.command()
+@click.option("--status", "status_", default=None, help="Only tasks in this status.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--after", default=None, help="Cursor from a previous page's 'next'.")
+@url_option
+@token_option
+def tasks(
+    status_: str | None, limit: int, after: str | None, url: str, api_token: str | None
+) -> None:
+    """List tasks, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    if status_:
+        params["status"] = status_
+    if after:
+        params["after"] = after
+    _print(_request("GET", url, "/tasks", api_token, params=params))
+
+
+@main.command()
+@click.argument("task_id")
+@url_option
+@token_option
+def cancel(task_id: str, url: str, api_token: str | None) -> None:
+    """Cancel a task (exit 1 if it already finished)."""
+    _print(_request("POST", url, f"/tasks/{task_id}/cancel", api_token))
+
+
+@main.command()
+@url_option
+@token_option
+def workers(url: str, api_token: str | None) -> None:
+    """List live workers."""
+    _print(_request("GET", url, "/workers", api_token))

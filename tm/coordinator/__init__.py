@@ -1,0 +1,1 @@
+"""The coordinator: worker registry, due-task timer, dispatcher, lease reaper."""

@@ -1,0 +1,530 @@
+"""`serve_coordinator`: registers workers, dispatches due tasks to them, recovers lost ones.
+
+The nursery tree:
+
+    serve_coordinator
+    ├── gRPC server (CoordinatorService: register, heartbeat, report)
+    ├── dispatcher      sleeps until the next due time, a NOTIFY tm_due, new credit or the
+    │                   backstop scan; claims (one statement), then pushes after commit
+    ├── pushes          one short task per batch pushed to a worker
+    ├── watch[worker]   one per worker: its heartbeat deadline as a cancel scope
+    ├── reaper          recovers tasks whose lease expired (their coordinator is gone)
+    └── cancel relay    LISTEN tm_cancel: stops cancelled tasks on the worker holding them
+
+Invariants: no database lock is held while talking to a worker; a worker is never pushed
+more tasks than its credit (tm.core.dispatch); a task that was not certainly delivered is
+left to heartbeats and leases rather than pushed twice blindly.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import structlog
+import trio
+
+from tm.aio.grpc import Code, RpcError, RpcFailed, bridge, connect_peer, serve_grpc, split_address
+from tm.aio.pg import Database, DatabaseUnavailable, open_database
+from tm.coordinator.registry import Registry, WorkerLink
+from tm.core import dispatch
+from tm.core.backoff import exponential
+from tm.core.dispatch import Credit
+from tm.core.timefmt import from_micros, to_micros
+from tm.db import queries
+from tm.db.migrate import migrate
+from tm.proto.gen.taskmaster import v1 as pb
+from tm.settings import CoordinatorSettings
+
+log = structlog.get_logger("tm.coordinator")
+
+MAX_WORKER_ID = 200
+NEXT_DUE_DELAY = """
+SELECT extract(epoch FROM min(scheduled_at) - clock_timestamp())::float8
+FROM tasks WHERE status = 'scheduled'
+"""
+
+
+def _held(items: Sequence[pb.HeldTask]) -> list[tuple[uuid.UUID, int]]:
+    held = []
+    for item in items:
+        try:
+            held.append((uuid.UUID(item.task_id), item.attempt))
+        except ValueError:
+            log.warning("malformed held task id", action="bad_input", task_id=item.task_id[:64])
+    return held
+
+
+class Coordinator:
+    """The state and handlers of one coordinator process (trio side)."""
+
+    def __init__(self, settings: CoordinatorSettings, db: Database, nursery: trio.Nursery):
+        self.settings = settings
+        self.db = db
+        self.id = f"c-{uuid.uuid4().hex[:10]}"
+        self.registry = Registry()
+        self._nursery = nursery
+        self._wake = trio.Event()
+        self._rotation = 0
+        self.stats = {"dispatched": 0, "stale_reports": 0, "push_failures": 0, "lost": 0}
+
+    def __repr__(self) -> str:
+        return f"<Coordinator {self.id} {self.registry!r}>"
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------------ gRPC handlers
+
+    def _check_worker_id(self, worker_id: str) -> None:
+        if not worker_id or len(worker_id) > MAX_WORKER_ID or not worker_id.isprintable():
+            raise RpcError(Code.INVALID_ARGUMENT, "worker_id must be 1-200 printable characters")
+
+    async def register(self, request: pb.RegisterRequest) -> pb.RegisterResponse:
+        self._check_worker_id(request.worker_id)
+        try:
+            split_address(request.address)
+        except ValueError as exc:
+            raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from None
+        capacity = request.capacity or pb.Capacity()
+        if capacity.capacity < 1:
+            raise RpcError(Code.INVALID_ARGUMENT, "capacity must be at least 1")
+        credit = Credit(request.worker_id, capacity.capacity, 0)
+        credit = dispatch.advertise(
+            credit,
+            capacity=capacity.capacity,
+            free_slots=capacity.free_slots,
+            accepted_total=capacity.accepted_total,
+            draining=capacity.draining,
+        )
+        link = WorkerLink(
+            worker_id=request.worker_id,
+            address=request.address,
+            peer=connect_peer(pb.WorkerServiceStub, request.address),
+            credit=credit,
+            concurrency=request.concurrency,
+        )
+        link.deadline.deadline = trio.current_time() + self.settings.heartbeat_timeout_s
+        await self._record(link, _held(request.held))
+        old = self.registry.add(link)
+        if old is not None:
+            old.retired = True
+            old.deadline.cancel()
+        self._nursery.start_soon(self._watch, link)
+        log.info(
+            "worker registered",
+            action="worker_registered",
+            worker_id=link.worker_id,
+            address=link.address,
+            capacity=credit.capacity,
+            free_slots=credit.free_slots,
+            held=len(request.held),
+        )
+        self.wake()
+        return pb.RegisterResponse(
+            coordinator_id=self.id,
+            heartbeat_interval_ms=int(self.settings.heartbeat_interval_s * 1000),
+            heartbeat_timeout_ms=int(self.settings.heartbeat_timeout_s * 1000),
+        )
+
+    async def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+        self._check_worker_id(request.worker_id)
+        link = self.registry.get(request.worker_id)
+        if link is None:
+            return pb.HeartbeatResponse(known=False)
+        link.deadline.deadline = trio.current_time() + self.settings.heartbeat_timeout_s
+        self._advertise(link, request.capacity)
+        await self._record(link, _held(request.held))
+        return pb.HeartbeatResponse(known=True)
+
+    async def report(self, request: pb.ReportRequest) -> pb.ReportResponse:
+        self._check_worker_id(request.worker_id)
+        reports = []
+        for update in request.updates:
+            try:
+                task_id = uuid.UUID(update.task_id)
+            except ValueError:
+                log.warning(
+                    "malformed task id in report",
+                    action="bad_input",
+                    worker_id=request.worker_id,
+                    task_id=update.task_id[:64],
+                )
+                continue
+            kind = int(update.kind)
+            if not queries.STARTED <= kind <= queries.RETURNED or update.attempt < 1:
+                log.warning(
+                    "malformed task update",
+                    action="bad_input",
+                    worker_id=request.worker_id,
+                    task_id=update.task_id,
+                    kind=kind,
+                )
+                continue
+            reports.append(
+                queries.Report(
+                    task_id=task_id,
+                    attempt=update.attempt,
+                    kind=kind,
+                    at=_time(update.at_us),
+                    exit_code=update.exit_code,
+                    output=update.output.replace("\x00", "") or None,
+                    error=update.error.replace("\x00", "") or None,
+                    jitter=random.random(),
+                )
+            )
+        applied, stale = await queries.apply_reports(
+            self.db,
+            reports,
+            retry_base_s=self.settings.retry_base_s,
+            retry_cap_s=self.settings.retry_cap_s,
+        )
+        for task_id in stale:
+            log.info(
+                "stale report ignored",
+                action="stale_report",
+                task_id=str(task_id),
+                worker_id=request.worker_id,
+            )
+        self.stats["stale_reports"] += len(stale)
+        link = self.registry.get(request.worker_id)
+        if link is not None:
+            link.deadline.deadline = trio.current_time() + self.settings.heartbeat_timeout_s
+            self._advertise(link, request.capacity)
+        if any(r.kind in (queries.FAILED, queries.RETURNED) for r in reports):
+            self.wake()  # retries and returned tasks may be due now
+        return pb.ReportResponse(applied=applied, stale=len(stale), known=link is not None)
+
+    def _advertise(self, link: WorkerLink, capacity: pb.Capacity | None) -> None:
+        if capacity is None or capacity.capacity < 1:
+            return
+        before = link.credit.available
+        link.credit = dispatch.advertise(
+            link.credit,
+            capacity=capacity.capacity,
+            free_slots=capacity.free_slots,
+            accepted_total=capacity.accepted_total,
+            draining=capacity.draining,
+        )
+        if link.credit.available > before:
+            self.wake()
+
+    async def _record(self, link: WorkerLink, held: list[tuple[uuid.UUID, int]]) -> None:
+        record = queries.WorkerRecord(
+            worker_id=link.worker_id,
+            address=link.address,
+            draining=link.credit.draining,
+            capacity=link.credit.capacity,
+            free_slots=link.credit.available,
+            held=held,
+        )
+        try:
+            await queries.record_heartbeat(self.db, record, self.id, self.settings.lease_s)
+        except DatabaseUnavailable as exc:
+            raise RpcError(Code.UNAVAILABLE, str(exc)) from None
+
+    # ------------------------------------------------------------------ liveness
+
+    async def _watch(self, link: WorkerLink) -> None:
+        """Wait out the worker's heartbeat deadline; when it passes, the worker is lost."""
+        with link.deadline:
+            await trio.sleep_forever()
+        link.peer.close()
+        if link.retired or not self.registry.remove(link):
+            return
+        self.stats["lost"] += 1
+        log.warning(
+            "worker lost",
+            action="worker_lost",
+            worker_id=link.worker_id,
+            reason="heartbeat timeout",
+        )
+        await self._recover(link.worker_id)
+
+    async def _recover(self, worker_id: str) -> None:
+        """Give a lost worker's tasks back (or fail them); retried while the DB is down."""
+        tries = 0
+        while True:
+            try:
+                rows = await queries.recover_worker_tasks(self.db, worker_id)
+                await queries.forget_worker(self.db, worker_id, self.id)
+                break
+            except DatabaseUnavailable as exc:
+                tries += 1
+                log.warning(
+                    "recovery postponed",
+                    action="recover_retry",
+                    worker_id=worker_id,
+                    error=str(exc),
+                )
+                await trio.sleep(exponential(tries, base=0.5, cap=5.0, jitter=random.random()))
+        for row in rows:
+            log.info(
+                "task recovered from lost worker",
+                action="task_recovered",
+                task_id=str(row["task_id"]),
+                worker_id=worker_id,
+                status=row["status"],
+            )
+        if rows:
+            self.wake()
+
+    async def reap(self) -> None:
+        """Backstop: tasks whose lease expired (owner's coordinator gone) are recovered."""
+        interval = max(0.5, min(self.settings.lease_s / 4, 5.0))
+        while True:
+            await trio.sleep(interval)
+            try:
+                rows = await queries.recover_expired_leases(self.db)
+                await queries.forget_silent_workers(self.db, 3 * self.settings.heartbeat_timeout_s)
+            except DatabaseUnavailable as exc:
+                log.warning("lease reaper skipped a round", action="reap_retry", error=str(exc))
+                continue
+            for row in rows:
+                log.warning(
+                    "lease expired, task recovered",
+                    action="lease_expired",
+                    task_id=str(row["task_id"]),
+                    status=row["status"],
+                )
+            if rows:
+                self.wake()
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def dispatch_forever(self) -> None:
+        tries = 0
+        while True:
+            try:
+                delay = await self._dispatch_once()
+                tries = 0
+            except DatabaseUnavailable as exc:
+                tries += 1
+                delay = exponential(tries, base=0.2, cap=5.0, jitter=random.random())
+                log.warning(
+                    "dispatch paused",
+                    action="dispatch_retry",
+                    error=str(exc),
+                    retry_in=round(delay, 2),
+                )
+            if delay > 0:
+                with trio.move_on_after(delay):
+                    await self._wake.wait()
+            self._wake = trio.Event()
+
+    async def _dispatch_once(self) -> float:
+        """Claim and push one round; returns how long to sleep (0: go again at once)."""
+        now = trio.current_time()
+        credits = self.registry.credits(now)
+        total = sum(c.available for c in credits)
+        if total == 0:
+            return self._backoff_wait(now)
+        self._rotation += 1
+        slots = dispatch.plan(credits, min(total, self.settings.max_claim), rotation=self._rotation)
+        claimed = await queries.claim(self.db, slots, self.id, self.settings.lease_s)
+        if claimed:
+            self._push_all(claimed)
+        if len(claimed) == len(slots):
+            return 0.0
+        due_in = await self.db.fetchval(NEXT_DUE_DELAY)
+        if due_in is None:
+            return self.settings.scan_interval_s
+        return min(self.settings.scan_interval_s, max(0.0, float(due_in)))
+
+    def _backoff_wait(self, now: float) -> float:
+        resume = [
+            link.resume_at - now
+            for link in self.registry.links()
+            if link.push_failures and link.resume_at > now
+        ]
+        return min([self.settings.scan_interval_s, *resume])
+
+    def _push_all(self, claimed: list[queries.Claimed]) -> None:
+        batches: dict[str, list[queries.Claimed]] = {}
+        for task in claimed:
+            batches.setdefault(task.worker_id, []).append(task)
+        for worker_id, tasks in batches.items():
+            link = self.registry.get(worker_id)
+            if link is None:  # gone between plan and claim: hand the tasks back
+                self._nursery.start_soon(self._undo, worker_id, tasks)
+                continue
+            link.credit = dispatch.reserve(link.credit, min(len(tasks), link.credit.available))
+            self._nursery.start_soon(self._push, link, tasks)
+        self.stats["dispatched"] += len(claimed)
+
+    async def _push(self, link: WorkerLink, tasks: list[queries.Claimed]) -> None:
+        request = pb.PushRequest(
+            coordinator_id=self.id,
+            tasks=[
+                pb.Task(
+                    task_id=str(t.task_id),
+                    command=t.command,
+                    attempt=t.attempt,
+                    scheduled_at_us=to_micros(t.scheduled_at),
+                    timeout_s=t.timeout_s or 0.0,
+                )
+                for t in tasks
+            ],
+        )
+        try:
+            response = await link.peer.call("push", request, timeout=self.settings.push_timeout_s)
+        except RpcFailed as exc:
+            self.stats["push_failures"] += 1
+            link.credit = dispatch.release(link.credit, len(tasks))
+            link.push_failures += 1
+            link.resume_at = trio.current_time() + exponential(
+                link.push_failures, base=0.1, cap=5.0, jitter=random.random()
+            )
+            log.warning(
+                "push failed",
+                action="push_failed",
+                worker_id=link.worker_id,
+                tasks=len(tasks),
+                delivered=exc.delivered,
+                error=str(exc),
+            )
+            if exc.delivered is False:
+                await self._undo(link.worker_id, tasks)
+            # Otherwise the worker may hold them: its heartbeats will renew their leases,
+            # or, if it never got them, lease expiry recovers them (fenced by attempt).
+            self.wake()
+            return
+        link.push_failures = 0
+        rejected = set(response.rejected)
+        if rejected:
+            link.credit = dispatch.release(link.credit, len(rejected))
+            await self._undo(link.worker_id, [t for t in tasks if str(t.task_id) in rejected])
+        self._advertise(link, response.capacity)
+        log.debug(
+            "pushed",
+            action="tasks_pushed",
+            worker_id=link.worker_id,
+            accepted=len(response.accepted),
+            rejected=len(rejected),
+        )
+
+    async def _undo(self, worker_id: str, tasks: list[queries.Claimed]) -> None:
+        try:
+            count = await queries.undo_push(self.db, [(t.task_id, t.attempt) for t in tasks])
+        except DatabaseUnavailable as exc:
+            log.warning(
+                "could not hand back tasks; their leases will",
+                action="undo_failed",
+                worker_id=worker_id,
+                tasks=len(tasks),
+                error=str(exc),
+            )
+            return
+        log.info(
+            "tasks handed back for re-dispatch",
+            action="push_undone",
+            worker_id=worker_id,
+            tasks=count,
+        )
+        self.wake()
+
+    # ------------------------------------------------------------------ notifications
+
+    async def follow_notifications(self) -> None:
+        """LISTEN tm_due (wake the dispatcher) and tm_cancel (stop tasks on workers)."""
+        tries = 0
+        while True:
+            try:
+                async with self.db.listen("tm_due") as due, self.db.listen("tm_cancel") as cancels:
+                    tries = 0
+                    self.wake()  # anything that happened while not listening
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._on_due, due, nursery.cancel_scope)
+                        nursery.start_soon(self._on_cancel, cancels, nursery.cancel_scope)
+            except DatabaseUnavailable as exc:
+                log.warning(
+                    "not listening for notifications", action="listen_retry", error=str(exc)
+                )
+            tries += 1
+            await trio.sleep(exponential(tries, base=0.2, cap=5.0, jitter=random.random()))
+
+    async def _on_due(
+        self, channel: trio.MemoryReceiveChannel[str], scope: trio.CancelScope
+    ) -> None:
+        async for _payload in channel:
+            self.wake()
+        scope.cancel()  # connection lost: reconnect
+
+    async def _on_cancel(
+        self, channel: trio.MemoryReceiveChannel[str], scope: trio.CancelScope
+    ) -> None:
+        async for payload in channel:
+            task_id, attempt, worker_id = payload.split(" ", 2)
+            link = self.registry.get(worker_id)
+            if link is not None:
+                self._nursery.start_soon(self._cancel_on_worker, link, task_id, int(attempt))
+        scope.cancel()
+
+    async def _cancel_on_worker(self, link: WorkerLink, task_id: str, attempt: int) -> None:
+        try:
+            await link.peer.call(
+                "cancel",
+                pb.CancelRequest(task_id=task_id, attempt=attempt),
+                timeout=self.settings.push_timeout_s,
+            )
+            log.info(
+                "cancel sent to worker",
+                action="cancel_sent",
+                task_id=task_id,
+                worker_id=link.worker_id,
+                attempt=attempt,
+            )
+        except RpcFailed as exc:
+            log.warning(
+                "cancel not delivered",
+                action="cancel_failed",
+                task_id=task_id,
+                worker_id=link.worker_id,
+                error=str(exc),
+            )
+
+
+def _time(micros: int) -> datetime:
+    if micros <= 0:
+        return datetime.now(UTC)
+    try:
+        return from_micros(micros)
+    except (OverflowError, ValueError, OSError):
+        return datetime.now(UTC)
+
+
+async def serve_coordinator(
+    settings: CoordinatorSettings,
+    *,
+    stop: trio.Event | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a coordinator until `stop` is set or it is cancelled; reports the bound address.
+
+    Waits for the database (logged backoff) and applies migrations first. Stopping closes
+    the gRPC server; tasks held by its workers stay theirs (workers reconnect to any
+    coordinator and re-register them). Must run inside `trio_asyncio.open_loop()`.
+    """
+    host, port = split_address(settings.grpc_addr)
+    async with open_database(settings.database_url, max_size=settings.pool_size) as db:
+        await migrate(db)
+        async with trio.open_nursery() as nursery:
+            coordinator = Coordinator(settings, db, nursery)
+            bound = await nursery.start(
+                serve_grpc, [bridge(pb.CoordinatorServiceBase, coordinator)], host, port
+            )
+            nursery.start_soon(coordinator.dispatch_forever)
+            nursery.start_soon(coordinator.follow_notifications)
+            nursery.start_soon(coordinator.reap)
+            address = f"{bound[0]}:{bound[1]}"
+            log.info(
+                "coordinator ready",
+                action="coordinator_ready",
+                address=address,
+                coordinator_id=coordinator.id,
+            )
+            task_status.started(address)
+            await (stop if stop is not None else trio.Event()).wait()
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,174 @@
+"""What a task is, and how a request to create one is checked.
+
+`parse_new_task` is the single place where client input becomes a `NewTask`: every rule of
+the HTTP contract about fields lives here, so the scheduler and the CLI agree, and so the
+rules can be property-tested without a server.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from tm.core.timefmt import TimeFormatError, parse_time
+
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_IDEMPOTENCY_KEY = 200
+MAX_BATCH = 10_000
+MAX_ATTEMPTS_LIMIT = 100
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+
+
+class Status(StrEnum):
+    SCHEDULED = "scheduled"
+    PICKED = "picked"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+HELD = frozenset({Status.PICKED, Status.RUNNING})
+
+TASK_FIELDS = (
+    "task_id",
+    "command",
+    "status",
+    "scheduled_at",
+    "created_at",
+    "picked_at",
+    "started_at",
+    "completed_at",
+    "failed_at",
+    "cancelled_at",
+    "attempt",
+    "max_attempts",
+    "worker_id",
+    "exit_code",
+    "output",
+    "error",
+)
+
+_KNOWN_FIELDS = frozenset(
+    {"command", "scheduled_at", "max_attempts", "timeout_s", "idempotency_key", "at_most_once"}
+)
+
+
+class InvalidInput(ValueError):
+    """Client input that cannot be accepted. `str(exc)` is the message for a person."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A validated request to create a task. `scheduled_at` None means "now" (database time)."""
+
+    task_id: uuid.UUID
+    command: str
+    scheduled_at: datetime | None
+    max_attempts: int = 1
+    timeout_s: float | None = None
+    idempotency_key: str | None = None
+    at_most_once: bool = False
+
+
+def _int_field(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{name} must be an integer")
+    if not low <= value <= high:
+        raise InvalidInput(f"{name} must be between {low} and {high}")
+    return value
+
+
+def parse_new_task(body: object, new_id: uuid.UUID) -> NewTask:
+    """Check one task object from a request body. Raises InvalidInput naming the problem."""
+    if not isinstance(body, dict):
+        raise InvalidInput("a task must be a JSON object")
+    unknown = sorted(set(body) - _KNOWN_FIELDS)
+    if unknown:
+        raise InvalidInput(f"unknown field(s): {', '.join(repr(k) for k in unknown[:5])}")
+
+    command = body.get("command")
+    if command is None:
+        raise InvalidInput("command is required")
+    if not isinstance(command, str):
+        raise InvalidInput("command must be a string")
+    if not command.strip():
+        raise InvalidInput("command must not be empty")
+    if "\x00" in command:
+        raise InvalidInput("command must not contain NUL characters")
+    if len(command.encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES:
+        raise InvalidInput(f"command is longer than {MAX_COMMAND_BYTES} bytes")
+    try:
+        command.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput("command is not valid Unicode text") from None
+
+    raw_at = body.get("scheduled_at")
+    scheduled_at: datetime | None = None
+    if raw_at is not None:
+        if not isinstance(raw_at, str):
+            raise InvalidInput("scheduled_at must be a string such as 2026-11-27T03:31:57Z")
+        try:
+            scheduled_at = parse_time(raw_at, "scheduled_at")
+        except TimeFormatError as exc:
+            raise InvalidInput(str(exc)) from None
+
+    max_attempts = _int_field(body, "max_attempts", 1, 1, MAX_ATTEMPTS_LIMIT)
+
+    timeout_s: float | None = None
+    raw_timeout = body.get("timeout_s")
+    if raw_timeout is not None:
+        if isinstance(raw_timeout, bool) or not isinstance(raw_timeout, int | float):
+            raise InvalidInput("timeout_s must be a number of seconds")
+        if not math.isfinite(raw_timeout) or raw_timeout <= 0 or raw_timeout > MAX_TIMEOUT_S:
+            raise InvalidInput(f"timeout_s must be greater than 0 and at most {MAX_TIMEOUT_S:g}")
+        timeout_s = float(raw_timeout)
+
+    key = body.get("idempotency_key")
+    if key is not None:
+        if not isinstance(key, str):
+            raise InvalidInput("idempotency_key must be a string")
+        if not key or len(key) > MAX_IDEMPOTENCY_KEY:
+            raise InvalidInput(f"idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+        if "\x00" in key:
+            raise InvalidInput("idempotency_key must not contain NUL characters")
+
+    at_most_once = body.get("at_most_once", False)
+    if at_most_once is None:
+        at_most_once = False
+    if not isinstance(at_most_once, bool):
+        raise InvalidInput("at_most_once must be true or false")
+
+    return NewTask(
+        task_id=new_id,
+        command=command,
+        scheduled_at=scheduled_at,
+        max_attempts=max_attempts,
+        timeout_s=timeout_s,
+        idempotency_key=key,
+        at_most_once=at_most_once,
+    )
+
+
+def parse_task_id(raw: object) -> uuid.UUID:
+    """A task id from a URL or query string; InvalidInput when missing or malformed."""
+    if raw is None or raw == "":
+        raise InvalidInput("task_id is required")
+    if not isinstance(raw, str):
+        raise InvalidInput("task_id must be a string")
+    try:
+        return uuid.UUID(raw.strip())
+    except ValueError:
+        raise InvalidInput(f"task_id is not a valid UUID: {raw[:64]!r}") from None

@@ -1,0 +1,1 @@
+"""PostgreSQL: the migration runner and the project's named queries."""

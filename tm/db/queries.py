@@ -1,0 +1,481 @@
+"""Every SQL statement the services run, named, with the function that runs it.
+
+Statements are written for batches: arrays in, `unnest` inside, one statement (one
+bridge crossing, one round trip) per batch. Worker reports are fenced by
+`(task_id, attempt)` and the status the transition expects, mirroring tm.core.lifecycle.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from tm.aio.pg import Connection, Database
+from tm.core.lifecycle import WORKER_LOST
+from tm.core.tasks import InvalidInput, NewTask, Status
+from tm.core.timefmt import from_micros, to_micros
+
+TASK_COLUMNS = """task_id, command, status, scheduled_at, created_at, picked_at, started_at,
+    completed_at, failed_at, cancelled_at, attempt, max_attempts, worker_id, exit_code,
+    output, error"""
+
+# ---------------------------------------------------------------------------- ingest
+
+INSERT_TASKS = f"""
+INSERT INTO tasks (task_id, command, scheduled_at, max_attempts, timeout_s,
+                   idempotency_key, at_most_once)
+SELECT id, cmd, coalesce(at, clock_timestamp()), attempts, timeout, ikey, amo
+FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::int[], $5::float8[],
+            $6::text[], $7::bool[]) AS n(id, cmd, at, attempts, timeout, ikey, amo)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING {TASK_COLUMNS}
+"""
+
+SELECT_BY_IDEMPOTENCY_KEYS = f"""
+SELECT {TASK_COLUMNS}, idempotency_key FROM tasks WHERE idempotency_key = ANY($1::text[])
+"""
+
+SELECT_TASK = f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = $1"
+
+
+@dataclass(frozen=True, slots=True)
+class Inserted:
+    """One input task's stored row, and whether this call created it."""
+
+    row: Any
+    created: bool
+
+
+async def insert_tasks(db: Database, tasks: Sequence[NewTask]) -> list[Inserted]:
+    """Store tasks in one statement; a known idempotency key returns the existing task.
+
+    Results are in input order. Duplicate keys inside one batch map to one task.
+    """
+    columns = (
+        [t.task_id for t in tasks],
+        [t.command for t in tasks],
+        [t.scheduled_at for t in tasks],
+        [t.max_attempts for t in tasks],
+        [t.timeout_s for t in tasks],
+        [t.idempotency_key for t in tasks],
+        [t.at_most_once for t in tasks],
+    )
+    keys = [t.idempotency_key for t in tasks if t.idempotency_key is not None]
+
+    async def work(conn: Connection) -> list[Inserted]:
+        rows = await conn.fetch(INSERT_TASKS, *columns)
+        by_id = {row["task_id"]: row for row in rows}
+        by_key: dict[str, Any] = {}
+        if len(rows) < len(tasks) and keys:
+            for row in await conn.fetch(SELECT_BY_IDEMPOTENCY_KEYS, keys):
+                by_key[row["idempotency_key"]] = row
+        out = []
+        for task in tasks:
+            row = by_id.get(task.task_id)
+            if row is not None:
+                out.append(Inserted(row, created=True))
+            elif task.idempotency_key in by_key:
+                out.append(Inserted(by_key[task.idempotency_key], created=False))
+            else:  # pragma: no cover - the insert either stored it or the key exists
+                raise RuntimeError(f"task {task.task_id} was neither inserted nor found")
+        return out
+
+    return await db.transaction(work)
+
+
+async def get_task(db: Database, task_id: uuid.UUID) -> Any:
+    return await db.fetchrow(SELECT_TASK, task_id)
+
+
+# ---------------------------------------------------------------------------- listing
+
+
+def encode_cursor(created_at: datetime, task_id: uuid.UUID) -> str:
+    raw = f"{to_micros(created_at)}:{task_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        micros, task_id = base64.urlsafe_b64decode(padded).decode().split(":", 1)
+        return from_micros(int(micros)), uuid.UUID(task_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError):
+        raise InvalidInput("after is not a cursor returned by this API (use 'next')") from None
+
+
+async def list_tasks(
+    db: Database, *, status: Status | None, limit: int, after: str | None
+) -> tuple[list[Any], str | None]:
+    """A page of tasks, newest first, and the cursor of the next page (None at the end)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if status is not None:
+        args.append(status.value)
+        where.append(f"status = ${len(args)}")
+    if after is not None:
+        created_at, task_id = decode_cursor(after)
+        args += [created_at, task_id]
+        where.append(f"(created_at, task_id) < (${len(args) - 1}, ${len(args)})")
+    args.append(limit + 1)
+    query = (
+        f"SELECT {TASK_COLUMNS} FROM tasks"
+        + (f" WHERE {' AND '.join(where)}" if where else "")
+        + f" ORDER BY created_at DESC, task_id DESC LIMIT ${len(args)}"
+    )
+    rows = await db.fetch(query, *args)
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, encode_cursor(rows[-1]["created_at"], rows[-1]["task_id"])
+
+
+# ---------------------------------------------------------------------------- cancel
+
+CANCEL_TASK = f"""
+WITH old AS (SELECT task_id, status, worker_id, attempt FROM tasks WHERE task_id = $1 FOR UPDATE)
+UPDATE tasks t SET status = 'cancelled', cancelled_at = clock_timestamp(),
+                   lease_expires_at = NULL
+FROM old
+WHERE t.task_id = old.task_id AND old.status IN ('scheduled', 'picked', 'running')
+RETURNING {", ".join("t." + c.strip() for c in TASK_COLUMNS.split(","))},
+          CASE WHEN old.status IN ('picked', 'running') THEN old.worker_id END AS held_by,
+          old.attempt AS held_attempt
+"""
+
+NOTIFY_CANCEL = "SELECT pg_notify('tm_cancel', $1)"
+
+
+async def cancel_task(db: Database, task_id: uuid.UUID) -> tuple[str, Any]:
+    """("cancelled", row) | ("finished", row) | ("unknown", None).
+
+    A held task is marked cancelled at once (its worker's later reports are then stale)
+    and coordinators are told over NOTIFY tm_cancel to stop it on its worker.
+    """
+
+    async def work(conn: Connection) -> tuple[str, Any]:
+        row = await conn.fetchrow(CANCEL_TASK, task_id)
+        if row is None:
+            existing = await conn.fetchrow(SELECT_TASK, task_id)
+            return ("unknown", None) if existing is None else ("finished", existing)
+        if row["held_by"] is not None:
+            await conn.execute(
+                NOTIFY_CANCEL, f"{row['task_id']} {row['held_attempt']} {row['held_by']}"
+            )
+        return "cancelled", row
+
+    return await db.transaction(work)
+
+
+# ---------------------------------------------------------------------------- workers
+
+LIST_WORKERS = """
+SELECT worker_id, address, state, capacity, free_slots, last_heartbeat_at FROM workers
+WHERE last_heartbeat_at > clock_timestamp() - make_interval(secs => $1)
+ORDER BY worker_id
+"""
+
+UPSERT_WORKER = """
+INSERT INTO workers (worker_id, address, state, capacity, free_slots, coordinator_id)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (worker_id) DO UPDATE SET address = excluded.address, state = excluded.state,
+    capacity = excluded.capacity, free_slots = excluded.free_slots,
+    coordinator_id = excluded.coordinator_id, last_heartbeat_at = clock_timestamp()
+"""
+
+DELETE_WORKER = "DELETE FROM workers WHERE worker_id = $1 AND coordinator_id = $2"
+
+DELETE_SILENT_WORKERS = """
+DELETE FROM workers WHERE last_heartbeat_at < clock_timestamp() - make_interval(secs => $1)
+"""
+
+RENEW_LEASES = """
+UPDATE tasks t SET lease_expires_at = clock_timestamp() + make_interval(secs => $4)
+FROM unnest($2::uuid[], $3::int[]) AS h(task_id, attempt)
+WHERE t.task_id = h.task_id AND t.attempt = h.attempt AND t.worker_id = $1
+  AND t.status IN ('picked', 'running')
+"""
+
+
+async def list_workers(db: Database, alive_within_s: float) -> list[Any]:
+    return await db.fetch(LIST_WORKERS, alive_within_s)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    worker_id: str
+    address: str
+    draining: bool
+    capacity: int
+    free_slots: int
+    held: Sequence[tuple[uuid.UUID, int]]
+
+
+async def record_heartbeat(
+    db: Database, worker: WorkerRecord, coordinator_id: str, lease_s: float
+) -> None:
+    """Upsert the worker's row and renew the leases of the tasks it holds; one transaction."""
+
+    async def work(conn: Connection) -> None:
+        await conn.execute(
+            UPSERT_WORKER,
+            worker.worker_id,
+            worker.address,
+            "draining" if worker.draining else "active",
+            worker.capacity,
+            worker.free_slots,
+            coordinator_id,
+        )
+        if worker.held:
+            await conn.execute(
+                RENEW_LEASES,
+                worker.worker_id,
+                [t for t, _ in worker.held],
+                [a for _, a in worker.held],
+                lease_s,
+            )
+
+    await db.transaction(work)
+
+
+# ---------------------------------------------------------------------------- dispatch
+
+NEXT_DUE = "SELECT min(scheduled_at) FROM tasks WHERE status = 'scheduled'"
+
+CLAIM = """
+WITH due AS (
+    SELECT task_id, scheduled_at FROM tasks
+    WHERE status = 'scheduled' AND scheduled_at <= clock_timestamp()
+    ORDER BY scheduled_at, task_id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), numbered AS (
+    SELECT task_id, row_number() OVER (ORDER BY scheduled_at, task_id) AS slot FROM due
+), slots AS (
+    SELECT worker_id, slot FROM unnest($1::text[]) WITH ORDINALITY AS s(worker_id, slot)
+)
+UPDATE tasks t
+SET status = 'picked', attempt = t.attempt + 1, picked_at = clock_timestamp(),
+    started_at = NULL, worker_id = slots.worker_id, coordinator_id = $3,
+    lease_expires_at = clock_timestamp() + make_interval(secs => $4)
+FROM numbered JOIN slots USING (slot)
+WHERE t.task_id = numbered.task_id
+RETURNING t.task_id, t.command, t.attempt, t.scheduled_at, t.timeout_s, t.worker_id
+"""
+
+UNDO_PUSH = """
+UPDATE tasks t SET status = 'scheduled', worker_id = NULL, picked_at = NULL,
+                   lease_expires_at = NULL
+FROM unnest($1::uuid[], $2::int[]) AS p(task_id, attempt)
+WHERE t.task_id = p.task_id AND t.attempt = p.attempt AND t.status = 'picked'
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    task_id: uuid.UUID
+    command: str
+    attempt: int
+    scheduled_at: datetime
+    timeout_s: float | None
+    worker_id: str
+
+
+async def next_due_at(db: Database) -> datetime | None:
+    value: datetime | None = await db.fetchval(NEXT_DUE)
+    return value
+
+
+async def claim(
+    db: Database, slots: Sequence[str], coordinator_id: str, lease_s: float
+) -> list[Claimed]:
+    """Claim up to len(slots) due tasks, oldest due first, the i-th going to slots[i].
+
+    One statement, committed before anything is pushed; SKIP LOCKED lets any number of
+    coordinators claim at once without ever sharing a task.
+    """
+    if not slots:
+        return []
+    rows = await db.fetch(CLAIM, list(slots), len(slots), coordinator_id, lease_s)
+    return [
+        Claimed(
+            r["task_id"],
+            r["command"],
+            r["attempt"],
+            r["scheduled_at"],
+            r["timeout_s"],
+            r["worker_id"],
+        )
+        for r in rows
+    ]
+
+
+async def undo_push(db: Database, tasks: Sequence[tuple[uuid.UUID, int]]) -> int:
+    """Tasks whose push certainly never reached the worker become claimable again."""
+    if not tasks:
+        return 0
+    status = await db.execute(UNDO_PUSH, [t for t, _ in tasks], [a for _, a in tasks])
+    return int(status.split()[-1])
+
+
+# ---------------------------------------------------------------------------- reports
+
+# kinds, as in taskmaster.proto UpdateKind
+STARTED, COMPLETED, FAILED, CANCELLED, RETURNED = 1, 2, 3, 4, 5
+
+APPLY_REPORTS = """
+UPDATE tasks t SET
+    status = CASE u.kind
+        WHEN 1 THEN 'running'
+        WHEN 2 THEN 'completed'
+        WHEN 3 THEN CASE WHEN t.failures + 1 < t.max_attempts AND NOT t.at_most_once
+                         THEN 'scheduled' ELSE 'failed' END
+        WHEN 4 THEN 'cancelled'
+        WHEN 5 THEN 'scheduled'
+    END,
+    started_at = CASE WHEN u.kind = 5 THEN NULL
+                      ELSE coalesce(t.started_at, greatest(u.started_at, t.picked_at)) END,
+    completed_at = CASE WHEN u.kind = 2 THEN greatest(u.at, t.picked_at, t.started_at,
+                                                      u.started_at) END,
+    failed_at = CASE WHEN u.kind = 3 AND NOT (t.failures + 1 < t.max_attempts
+                                              AND NOT t.at_most_once)
+                     THEN greatest(u.at, t.picked_at, t.started_at, u.started_at) END,
+    cancelled_at = CASE WHEN u.kind = 4 THEN greatest(u.at, t.picked_at) ELSE t.cancelled_at END,
+    scheduled_at = CASE WHEN u.kind = 3 AND t.failures + 1 < t.max_attempts
+                             AND NOT t.at_most_once
+                        THEN clock_timestamp() + make_interval(secs => least($9::float8,
+                             $8::float8 * power(2, least(t.failures, 60))) * (0.5 + 0.5 * u.jitter))
+                        ELSE t.scheduled_at END,
+    failures = t.failures + (u.kind = 3)::int,
+    worker_id = CASE WHEN u.kind = 5 THEN NULL ELSE t.worker_id END,
+    lease_expires_at = CASE WHEN u.kind = 1 THEN t.lease_expires_at END,
+    exit_code = CASE WHEN u.kind IN (2, 3) THEN u.exit_code ELSE t.exit_code END,
+    output = CASE WHEN u.kind IN (2, 3) THEN u.output ELSE t.output END,
+    error = CASE WHEN u.kind = 3 THEN u.error WHEN u.kind = 2 THEN NULL ELSE t.error END
+FROM unnest($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::timestamptz[],
+            $6::int[], $7::text[], $10::text[], $11::float8[])
+     AS u(task_id, attempt, kind, at, started_at, exit_code, output, error, jitter)
+WHERE t.task_id = u.task_id AND t.attempt = u.attempt
+  AND t.status = ANY(CASE WHEN u.kind IN (1, 5) THEN ARRAY['picked']
+                          ELSE ARRAY['picked', 'running'] END)
+RETURNING t.task_id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One task update from a worker; `started_at` is carried over when merged."""
+
+    task_id: uuid.UUID
+    attempt: int
+    kind: int
+    at: datetime
+    started_at: datetime | None = None
+    exit_code: int | None = None
+    output: str | None = None
+    error: str | None = None
+    jitter: float = 1.0
+
+
+def merge_reports(reports: Sequence[Report]) -> list[Report]:
+    """At most one update per task: the last one, carrying the time of a `started` before it.
+
+    One UPDATE can change a row only once, and a batch often holds a task's `started`
+    and its result together.
+    """
+    merged: dict[uuid.UUID, Report] = {}
+    for report in reports:
+        previous = merged.get(report.task_id)
+        started_at = report.started_at
+        if report.kind == STARTED:
+            started_at = report.at
+        if previous is not None and previous.attempt == report.attempt:
+            started_at = started_at or previous.started_at
+        elif previous is not None and previous.attempt > report.attempt:
+            continue
+        merged[report.task_id] = Report(
+            report.task_id,
+            report.attempt,
+            report.kind,
+            report.at,
+            started_at,
+            report.exit_code,
+            report.output,
+            report.error,
+            report.jitter,
+        )
+    return list(merged.values())
+
+
+async def apply_reports(
+    db: Database, reports: Sequence[Report], *, retry_base_s: float, retry_cap_s: float
+) -> tuple[int, list[uuid.UUID]]:
+    """Apply a batch of worker reports in one statement: (applied count, stale task ids)."""
+    merged = merge_reports(reports)
+    if not merged:
+        return 0, []
+    rows = await db.fetch(
+        APPLY_REPORTS,
+        [r.task_id for r in merged],
+        [r.attempt for r in merged],
+        [r.kind for r in merged],
+        [r.at for r in merged],
+        [r.started_at for r in merged],
+        [r.exit_code for r in merged],
+        [r.output for r in merged],
+        retry_base_s,
+        retry_cap_s,
+        [r.error for r in merged],
+        [r.jitter for r in merged],
+    )
+    applied = {row["task_id"] for row in rows}
+    return len(applied), [r.task_id for r in merged if r.task_id not in applied]
+
+
+# ---------------------------------------------------------------------------- recovery
+
+_RECOVER_SET = f"""
+    status = CASE WHEN t.at_most_once OR t.losses + 1 >= t.max_losses
+                  THEN 'failed' ELSE 'scheduled' END,
+    failed_at = CASE WHEN t.at_most_once OR t.losses + 1 >= t.max_losses
+                     THEN clock_timestamp() END,
+    error = CASE WHEN t.at_most_once OR t.losses + 1 >= t.max_losses
+                 THEN '{WORKER_LOST}' ELSE t.error END,
+    losses = t.losses + 1, lease_expires_at = NULL
+"""
+
+RECOVER_WORKER_TASKS = f"""
+UPDATE tasks t SET {_RECOVER_SET}
+WHERE t.worker_id = $1 AND t.status IN ('picked', 'running')
+RETURNING t.task_id, t.status
+"""
+
+RECOVER_EXPIRED_LEASES = f"""
+UPDATE tasks t SET {_RECOVER_SET}
+WHERE t.task_id IN (SELECT task_id FROM tasks
+                    WHERE status IN ('picked', 'running') AND lease_expires_at < clock_timestamp()
+                    LIMIT 10000 FOR UPDATE SKIP LOCKED)
+RETURNING t.task_id, t.status
+"""
+
+
+async def recover_worker_tasks(db: Database, worker_id: str) -> list[Any]:
+    """The worker is gone: its tasks go back to scheduled, or fail (at-most-once, loss cap)."""
+    return await db.fetch(RECOVER_WORKER_TASKS, worker_id)
+
+
+async def recover_expired_leases(db: Database) -> list[Any]:
+    return await db.fetch(RECOVER_EXPIRED_LEASES)
+
+
+async def forget_worker(db: Database, worker_id: str, coordinator_id: str) -> None:
+    await db.execute(DELETE_WORKER, worker_id, coordinator_id)
+
+
+async def forget_silent_workers(db: Database, silent_for_s: float) -> None:
+    await db.execute(DELETE_SILENT_WORKERS, silent_for_s)

@@ -1,0 +1,67 @@
+"""`tm dev`: scheduler, coordinator and workers as one trio nursery tree.
+
+Shutdown runs in dependency order: workers drain first (their last reports still reach the
+coordinator), then the coordinator and the scheduler stop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import structlog
+import trio
+
+from tm.coordinator.service import serve_coordinator
+from tm.scheduler.service import serve_scheduler
+from tm.settings import CoordinatorSettings, SchedulerSettings, WorkerSettings
+from tm.worker.service import serve_worker
+
+log = structlog.get_logger("tm.dev")
+
+
+async def serve_dev(
+    scheduler: SchedulerSettings,
+    coordinator: CoordinatorSettings,
+    worker: WorkerSettings,
+    *,
+    workers: int,
+    stop: trio.Event,
+    task_status: trio.TaskStatus[dict[str, str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    stop_servers = trio.Event()
+    stop_workers = trio.Event()
+    async with trio.open_nursery() as servers:
+        http = await servers.start(
+            lambda task_status: serve_scheduler(
+                scheduler, stop=stop_servers, task_status=task_status
+            )
+        )
+        grpc = await servers.start(
+            lambda task_status: serve_coordinator(
+                coordinator, stop=stop_servers, task_status=task_status
+            )
+        )
+        async with trio.open_nursery() as pool:
+            for index in range(workers):
+                settings = replace(
+                    worker,
+                    coordinator=grpc,
+                    worker_id=worker.worker_id and f"{worker.worker_id}-{index}",
+                )
+                await pool.start(
+                    lambda task_status, s=settings: serve_worker(
+                        s, stop=stop_workers, task_status=task_status
+                    )
+                )
+            log.info(
+                "dev cluster ready",
+                action="dev_ready",
+                http=f"http://{http}",
+                grpc=grpc,
+                workers=workers,
+                database=coordinator.database_url,
+            )
+            task_status.started({"http": http, "grpc": grpc})
+            await stop.wait()
+            stop_workers.set()
+        stop_servers.set()

@@ -1,0 +1,258 @@
+"""The HTTP API of the contract (DESIGN.md "HTTP API").
+
+Rules kept here:
+* Request bodies are read as JSON whatever the Content-Type says (`curl -d` sends a form
+  content type and must work).
+* Every answer is JSON. Client mistakes are 4xx with `{"error": "..."}` naming the problem;
+  an unreachable database is 503; an unexpected failure is a logged 500 with no details.
+* A request that fails validation touches no stored task (batches are all-or-nothing).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import uuid
+from typing import Any
+
+import structlog
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from tm.aio.pg import Database, DatabaseUnavailable
+from tm.core.tasks import MAX_BATCH, InvalidInput, NewTask, Status, parse_new_task, parse_task_id
+from tm.db import queries
+from tm.scheduler.render import task_json, worker_json
+from tm.settings import SchedulerSettings
+
+log = structlog.get_logger("tm.scheduler")
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(
+        json.dumps(body, ensure_ascii=False, allow_nan=False),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def error_response(status: int, message: str) -> Response:
+    return json_response({"error": message}, status)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def read_json() -> Any:
+    """The request body parsed as JSON, whatever the Content-Type. 400 when it is not."""
+    raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    assert isinstance(raw, bytes)
+    if not raw.strip():
+        raise ApiError(400, "request body is empty; send a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "request body is not UTF-8 text") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+
+
+def _new_task(body: object, where: str = "") -> NewTask:
+    try:
+        return parse_new_task(body, uuid.uuid4())
+    except InvalidInput as exc:
+        raise ApiError(400, f"{where}{exc}") from None
+
+
+def create_app(settings: SchedulerSettings, db: Database) -> QuartTrio:
+    app = QuartTrio("tm.scheduler")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
+
+    @app.before_request
+    async def check_token() -> Response | None:
+        if settings.api_token is None or request.path in OPEN_PATHS:
+            return None
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), settings.api_token.encode()
+        ):
+            response = error_response(401, "missing or wrong bearer token")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="taskmaster"'
+            return response
+        return None
+
+    @app.errorhandler(ApiError)
+    async def on_api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.message)
+
+    @app.errorhandler(InvalidInput)
+    async def on_invalid(exc: InvalidInput) -> Response:
+        return error_response(400, str(exc))
+
+    @app.errorhandler(DatabaseUnavailable)
+    async def on_db_down(exc: DatabaseUnavailable) -> Response:
+        log.warning("database unavailable", action="db_unavailable", error=str(exc))
+        response = error_response(503, "database unavailable; try again shortly")
+        response.headers["Retry-After"] = "1"
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def on_http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        messages = {
+            404: f"no such route: {request.method} {request.path}",
+            405: f"method {request.method} not allowed on {request.path}",
+            413: f"request body is larger than {MAX_BODY_BYTES} bytes",
+        }
+        response = error_response(status, messages.get(status, exc.description or exc.name))
+        if status == 405 and exc.response is None:
+            allowed = getattr(exc, "valid_methods", None)
+            if allowed:
+                response.headers["Allow"] = ", ".join(allowed)
+        return response
+
+    @app.errorhandler(Exception)
+    async def on_unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error", action="http_500", path=request.path)
+        return error_response(500, "internal error")
+
+    async def store_one(body: object) -> tuple[dict[str, Any], bool]:
+        task = _new_task(body)
+        [result] = await queries.insert_tasks(db, [task])
+        if result.created:
+            log.info("task scheduled", action="task_created", task_id=str(task.task_id))
+        return task_json(result.row), result.created
+
+    # ------------------------------------------------------------ seed-compatible routes
+
+    @app.post("/schedule")
+    async def schedule() -> Response:
+        task, _ = await store_one(await read_json())
+        return json_response(task, 200)
+
+    @app.get("/status")
+    @app.get("/status/")
+    async def status() -> Response:
+        task_id = parse_task_id(request.args.get("task_id"))
+        row = await queries.get_task(db, task_id)
+        if row is None:
+            raise ApiError(404, f"no task with id {task_id}")
+        return json_response(task_json(row))
+
+    # ------------------------------------------------------------ REST routes
+
+    @app.post("/tasks")
+    async def create_tasks() -> Response:
+        body = await read_json()
+        if isinstance(body, dict) and "tasks" in body:
+            items = body["tasks"]
+            if set(body) != {"tasks"}:
+                raise ApiError(400, 'a batch must be {"tasks": [...]} with no other fields')
+            if not isinstance(items, list):
+                raise ApiError(400, "tasks must be a list of task objects")
+            if not items:
+                raise ApiError(400, "tasks must not be empty")
+            if len(items) > MAX_BATCH:
+                raise ApiError(400, f"a batch holds at most {MAX_BATCH} tasks, got {len(items)}")
+            tasks = [_new_task(item, f"tasks[{i}]: ") for i, item in enumerate(items)]
+            results = await queries.insert_tasks(db, tasks)
+            created = sum(r.created for r in results)
+            log.info("batch scheduled", action="batch_created", count=len(tasks), created=created)
+            return json_response({"tasks": [task_json(r.row) for r in results]}, 201)
+        task, created = await store_one(body)
+        return json_response(task, 201 if created else 200)
+
+    @app.get("/tasks/<raw_id>")
+    async def get_task(raw_id: str) -> Response:
+        task_id = parse_task_id(raw_id)
+        row = await queries.get_task(db, task_id)
+        if row is None:
+            raise ApiError(404, f"no task with id {task_id}")
+        return json_response(task_json(row))
+
+    @app.get("/tasks")
+    async def list_tasks() -> Response:
+        raw_status = request.args.get("status")
+        status_filter: Status | None = None
+        if raw_status:
+            try:
+                status_filter = Status(raw_status)
+            except ValueError:
+                allowed = ", ".join(s.value for s in Status)
+                raise ApiError(400, f"status must be one of: {allowed}") from None
+        raw_limit = request.args.get("limit", str(DEFAULT_PAGE))
+        try:
+            limit = int(raw_limit)
+        except ValueError:
+            raise ApiError(400, "limit must be an integer") from None
+        if not 1 <= limit <= MAX_PAGE:
+            raise ApiError(400, f"limit must be between 1 and {MAX_PAGE}")
+        after = request.args.get("after") or None
+        rows, cursor = await queries.list_tasks(db, status=status_filter, limit=limit, after=after)
+        return json_response({"tasks": [task_json(r) for r in rows], "next": cursor})
+
+    @app.post("/tasks/<raw_id>/cancel")
+    async def cancel(raw_id: str) -> Response:
+        task_id = parse_task_id(raw_id)
+        outcome, row = await queries.cancel_task(db, task_id)
+        if outcome == "unknown":
+            raise ApiError(404, f"no task with id {task_id}")
+        if outcome == "finished":
+            raise ApiError(409, f"task {task_id} already finished as {row['status']}")
+        log.info(
+            "task cancelled",
+            action="task_cancelled",
+            task_id=str(task_id),
+            worker_id=row["held_by"],
+        )
+        return json_response(task_json(row))
+
+    @app.get("/workers")
+    async def workers() -> Response:
+        rows = await queries.list_workers(db, settings.worker_timeout_s)
+        return json_response({"workers": [worker_json(r) for r in rows]})
+
+    # ------------------------------------------------------------ health
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        try:
+            elapsed_ms = await _ping(db)
+        except DatabaseUnavailable as exc:
+            return error_response(503, f"database unavailable: {exc}")
+        return json_response({"status": "ready", "database_ms": elapsed_ms})
+
+    return app
+
+
+async def _ping(db: Database) -> float:
+    """Round trip to PostgreSQL in ms; DatabaseUnavailable if none within 2 s."""
+    start = trio.current_time()
+    with trio.move_on_after(2) as scope:
+        await db.ping()
+    if scope.cancelled_caught:
+        raise DatabaseUnavailable("no answer within 2 s")
+    return round((trio.current_time() - start) * 1000, 3)

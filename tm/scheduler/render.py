@@ -1,0 +1,45 @@
+"""Task and worker rows as the JSON objects of the HTTP contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tm.core.tasks import TASK_FIELDS
+from tm.core.timefmt import format_time
+
+_TIME_FIELDS = frozenset(
+    {
+        "scheduled_at",
+        "created_at",
+        "picked_at",
+        "started_at",
+        "completed_at",
+        "failed_at",
+        "cancelled_at",
+        "last_heartbeat_at",
+    }
+)
+
+
+def task_json(row: Any) -> dict[str, Any]:
+    """Every contract field present; unset ones are null; times in UTC with microseconds."""
+    out: dict[str, Any] = {}
+    for field in TASK_FIELDS:
+        value = row[field]
+        if field in _TIME_FIELDS:
+            value = format_time(value)
+        elif field == "task_id":
+            value = str(value)
+        out[field] = value
+    return out
+
+
+def worker_json(row: Any) -> dict[str, Any]:
+    return {
+        "worker_id": row["worker_id"],
+        "address": row["address"],
+        "state": row["state"],
+        "capacity": row["capacity"],
+        "free_slots": row["free_slots"],
+        "last_heartbeat_at": format_time(row["last_heartbeat_at"]),
+    }

@@ -1,0 +1,44 @@
+"""`serve_scheduler`: the HTTP API as a trio task."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from tm.aio.pg import open_database
+from tm.db.migrate import migrate
+from tm.scheduler.app import create_app
+from tm.settings import SchedulerSettings
+
+
+async def serve_scheduler(
+    settings: SchedulerSettings,
+    *,
+    stop: trio.Event | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the API until cancelled; reports the bound address ('127.0.0.1:8081').
+
+    Waits (with logged backoff) for the database and applies pending migrations first.
+    Setting `stop` stops accepting connections, lets in-flight requests finish (3 s at
+    most) and returns; cancelling stops at once.
+    Must run inside `trio_asyncio.open_loop()`.
+    """
+    async with open_database(settings.database_url, max_size=settings.pool_size) as db:
+        await migrate(db)
+        app = create_app(settings, db)
+        config = Config()
+        config.bind = [settings.http_addr]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("hypercorn.error")
+        config.graceful_timeout = 3.0
+        config.keep_alive_timeout = 75
+        config.h11_max_incomplete_size = 64 * 1024
+        stop = stop if stop is not None else trio.Event()
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))
+            task_status.started(binds[0].split("://", 1)[1])

@@ -1,0 +1,1 @@
+"""The worker: queue, executors, heartbeats, batched reports."""
