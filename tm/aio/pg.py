@@ -14,6 +14,7 @@ import contextlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 import structlog
@@ -163,11 +164,33 @@ async def _create_pool(url: str, min_size: int, max_size: int) -> Any:
     )
 
 
+async def _create_database(url: str) -> str:
+    """CREATE DATABASE for `url`'s database, connecting to the server's `postgres` db."""
+    parts = urlsplit(url)
+    name = unquote(parts.path.lstrip("/"))
+    conn = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
+    try:
+        quoted = '"' + name.replace('"', '""') + '"'
+        with contextlib.suppress(asyncpg.exceptions.DuplicateDatabaseError):
+            await conn.execute(f"CREATE DATABASE {quoted}")
+    finally:
+        await conn.close()
+    return name
+
+
 @contextlib.asynccontextmanager
 async def open_database(
-    url: str, *, min_size: int = 1, max_size: int = 10, retry_for: float = float("inf")
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    retry_for: float = float("inf"),
+    create: bool = True,
 ) -> AsyncIterator[Database]:
     """A connection pool to `url`, waiting (with backoff, logged) while PostgreSQL is down.
+
+    If the server is up but the database does not exist, it is created (when `create`),
+    so a first start against a fresh server needs no manual step.
 
     Gives up with DatabaseUnavailable after `retry_for` seconds. Must be entered inside
     `trio_asyncio.open_loop()`.
@@ -175,21 +198,28 @@ async def open_database(
     deadline = trio.current_time() + retry_for
     tries = 0
     while True:
+        error: BaseException
         try:
             pool = await trio_asyncio.aio_as_trio(_create_pool)(url, min_size, max_size)
             break
-        except (*_UNAVAILABLE, asyncpg.exceptions.InvalidCatalogNameError) as exc:
-            tries += 1
-            delay = exponential(tries, base=0.2, cap=5.0, jitter=random.random())
-            if trio.current_time() + delay > deadline:
-                raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
-            log.warning(
-                "database unreachable, retrying",
-                action="db_retry",
-                error=str(exc),
-                retry_in=round(delay, 2),
-            )
-            await trio.sleep(delay)
+        except asyncpg.exceptions.InvalidCatalogNameError as exc:
+            error = exc
+            if create:
+                try:
+                    name = await trio_asyncio.aio_as_trio(_create_database)(url)
+                    log.info("database created", action="db_created", database=name)
+                    continue
+                except (*_UNAVAILABLE, asyncpg.exceptions.PostgresError) as create_exc:
+                    error = create_exc
+        except _UNAVAILABLE as exc:
+            error = exc
+        tries += 1
+        delay = exponential(tries, base=0.2, cap=5.0, jitter=random.random())
+        if trio.current_time() + delay > deadline:
+            raise DatabaseUnavailable(f"database unavailable: {error}") from error
+        log.warning("database unreachable, retrying", action="db_retry", error=str(error),
+                    retry_in=round(delay, 2))
+        await trio.sleep(delay)
     if tries:
         log.info("database reachable", action="db_connected")
     try:

@@ -60,6 +60,20 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+def advertised_address(host: str, port: int) -> str:
+    """The address to give the coordinator when none is configured.
+
+    A wildcard bind (0.0.0.0, ::) is not dialable, so the host's own address is used
+    instead: in a container, that is the container's address on its network.
+    """
+    if host in ("0.0.0.0", "::", ""):
+        try:
+            host = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            host = "127.0.0.1"
+    return join_address(host, port)
+
+
 class Worker:
     def __init__(self, settings: WorkerSettings, executor: Executor) -> None:
         self.settings = settings
@@ -368,7 +382,7 @@ async def serve_worker(
     host, port = split_address(settings.grpc_addr)
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(serve_grpc, [bridge(pb.WorkerServiceBase, worker)], host, port)
-        worker.address = settings.advertise or join_address(bound[0], bound[1])
+        worker.address = settings.advertise or advertised_address(bound[0], bound[1])
         async with (
             open_peer(pb.CoordinatorServiceStub, settings.coordinator) as peer,
             trio.open_nursery() as work,
