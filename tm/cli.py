@@ -396,6 +396,23 @@ def dev(
     run(main_, grace=drain_grace + 10)
 
 
+@main.command()
+@database_option
+@click.option("--quick", is_flag=True, help="A small, fast run (smoke test of the bench).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              default=None, help="Also write the figures as JSON to this file.")
+def bench(database_url: str, quick: bool, json_path: str | None) -> None:
+    """Benchmark a cluster of real processes started on this machine.
+
+    Uses a fresh database (created and dropped) on the server of --database-url.
+    """
+    from pathlib import Path
+
+    from tm.bench.run import main as run_bench
+
+    run_bench(database_url, quick, Path(json_path) if json_path else None)
+
+
 # ---------------------------------------------------------------------------- client
 
 url_option = click.option(

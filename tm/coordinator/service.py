@@ -136,7 +136,13 @@ class Coordinator:
             return pb.HeartbeatResponse(known=False)
         link.deadline.deadline = trio.current_time() + self.settings.heartbeat_timeout_s
         self._advertise(link, request.capacity)
-        await self._record(link, _held(request.held))
+        try:
+            await self._record(link, _held(request.held))
+        except RpcError:
+            # The worker is alive, whatever the database says: keep it. Its leases are
+            # renewed by the next heartbeat that gets through (see `reap`).
+            log.warning("heartbeat not recorded", action="heartbeat_unrecorded",
+                        worker_id=link.worker_id)
         return pb.HeartbeatResponse(known=True)
 
     async def report(self, request: pb.ReportRequest) -> pb.ReportResponse:
@@ -272,23 +278,34 @@ class Coordinator:
             self.wake()
 
     async def reap(self) -> None:
-        """Backstop: tasks whose lease expired (owner's coordinator gone) are recovered."""
+        """Backstop: tasks whose lease expired (owner's coordinator gone) are recovered.
+
+        Leases of live workers may also lapse while the database is down, since their
+        renewals cannot be written. So after any database failure the reaper waits until
+        the database has been reachable for two heartbeat timeouts — long enough for every
+        live worker's heartbeats to renew its leases — before it reaps again.
+        """
         interval = max(0.5, min(self.settings.lease_s / 4, 5.0))
+        settle = 2 * self.settings.heartbeat_timeout_s
+        healthy_since = trio.current_time()
         while True:
             await trio.sleep(interval)
+            if trio.current_time() - healthy_since < settle:
+                try:
+                    await self.db.ping()
+                except DatabaseUnavailable:
+                    healthy_since = trio.current_time()
+                continue
             try:
                 rows = await queries.recover_expired_leases(self.db)
                 await queries.forget_silent_workers(self.db, 3 * self.settings.heartbeat_timeout_s)
             except DatabaseUnavailable as exc:
+                healthy_since = trio.current_time()
                 log.warning("lease reaper skipped a round", action="reap_retry", error=str(exc))
                 continue
             for row in rows:
-                log.warning(
-                    "lease expired, task recovered",
-                    action="lease_expired",
-                    task_id=str(row["task_id"]),
-                    status=row["status"],
-                )
+                log.warning("lease expired, task recovered", action="lease_expired",
+                            task_id=str(row["task_id"]), status=row["status"])
             if rows:
                 self.wake()
 

@@ -80,6 +80,15 @@ class NewTask:
     at_most_once: bool = False
 
 
+def _is_unicode(text: str) -> bool:
+    """False for strings holding lone surrogates (a JSON "\\ud800" escape parses to one)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _int_field(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
     value = body.get(name)
     if value is None:
@@ -110,10 +119,8 @@ def parse_new_task(body: object, new_id: uuid.UUID) -> NewTask:
         raise InvalidInput("command must not contain NUL characters")
     if len(command.encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES:
         raise InvalidInput(f"command is longer than {MAX_COMMAND_BYTES} bytes")
-    try:
-        command.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInput("command is not valid Unicode text") from None
+    if not _is_unicode(command):
+        raise InvalidInput("command is not valid Unicode text")
 
     raw_at = body.get("scheduled_at")
     scheduled_at: datetime | None = None
@@ -132,9 +139,12 @@ def parse_new_task(body: object, new_id: uuid.UUID) -> NewTask:
     if raw_timeout is not None:
         if isinstance(raw_timeout, bool) or not isinstance(raw_timeout, int | float):
             raise InvalidInput("timeout_s must be a number of seconds")
-        if not math.isfinite(raw_timeout) or raw_timeout <= 0 or raw_timeout > MAX_TIMEOUT_S:
+        try:
+            timeout_s = float(raw_timeout)
+        except OverflowError:
+            timeout_s = math.inf
+        if not math.isfinite(timeout_s) or timeout_s <= 0 or timeout_s > MAX_TIMEOUT_S:
             raise InvalidInput(f"timeout_s must be greater than 0 and at most {MAX_TIMEOUT_S:g}")
-        timeout_s = float(raw_timeout)
 
     key = body.get("idempotency_key")
     if key is not None:
@@ -144,6 +154,8 @@ def parse_new_task(body: object, new_id: uuid.UUID) -> NewTask:
             raise InvalidInput(f"idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
         if "\x00" in key:
             raise InvalidInput("idempotency_key must not contain NUL characters")
+        if not _is_unicode(key):
+            raise InvalidInput("idempotency_key is not valid Unicode text")
 
     at_most_once = body.get("at_most_once", False)
     if at_most_once is None:

@@ -19,7 +19,9 @@ def format_time(value: datetime | None) -> str | None:
         return None
     if value.tzinfo is None:
         raise ValueError("naive datetime cannot be formatted as UTC")
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    v = value.astimezone(UTC)
+    return (f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:"
+            f"{v.second:02d}.{v.microsecond:06d}Z")
 
 
 def parse_time(text: str, field: str) -> datetime:
@@ -40,7 +42,10 @@ def parse_time(text: str, field: str) -> datetime:
         raise TimeFormatError(
             f"{field} has no UTC offset: {text[:64]!r}; add 'Z' or an offset like '+05:30'"
         )
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise TimeFormatError(f"{field} is out of range: {text[:64]!r}") from None
 
 
 def to_micros(value: datetime) -> int:

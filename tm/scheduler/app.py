@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException
 from tm.aio.pg import Database, DatabaseUnavailable
 from tm.core.tasks import MAX_BATCH, InvalidInput, NewTask, Status, parse_new_task, parse_task_id
 from tm.db import queries
+from tm.scheduler.ingest import GroupCommit
 from tm.scheduler.render import task_json, worker_json
 from tm.settings import SchedulerSettings
 
@@ -81,7 +82,8 @@ def _new_task(body: object, where: str = "") -> NewTask:
         raise ApiError(400, f"{where}{exc}") from None
 
 
-def create_app(settings: SchedulerSettings, db: Database) -> QuartTrio:
+def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -> QuartTrio:
+    """The API over `db`; single-task inserts go through `ingest` (group commit)."""
     app = QuartTrio("tm.scheduler")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
@@ -137,7 +139,7 @@ def create_app(settings: SchedulerSettings, db: Database) -> QuartTrio:
 
     async def store_one(body: object) -> tuple[dict[str, Any], bool]:
         task = _new_task(body)
-        [result] = await queries.insert_tasks(db, [task])
+        [result] = await ingest.insert([task])
         if result.created:
             log.info("task scheduled", action="task_created", task_id=str(task.task_id))
         return task_json(result.row), result.created
@@ -174,7 +176,7 @@ def create_app(settings: SchedulerSettings, db: Database) -> QuartTrio:
             if len(items) > MAX_BATCH:
                 raise ApiError(400, f"a batch holds at most {MAX_BATCH} tasks, got {len(items)}")
             tasks = [_new_task(item, f"tasks[{i}]: ") for i, item in enumerate(items)]
-            results = await queries.insert_tasks(db, tasks)
+            results = await ingest.insert(tasks)
             created = sum(r.created for r in results)
             log.info("batch scheduled", action="batch_created", count=len(tasks), created=created)
             return json_response({"tasks": [task_json(r.row) for r in results]}, 201)

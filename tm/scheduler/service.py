@@ -12,6 +12,7 @@ from hypercorn.trio import serve
 from tm.aio.pg import open_database
 from tm.db.migrate import migrate
 from tm.scheduler.app import create_app
+from tm.scheduler.ingest import GroupCommit
 from tm.settings import SchedulerSettings
 
 
@@ -30,7 +31,7 @@ async def serve_scheduler(
     """
     async with open_database(settings.database_url, max_size=settings.pool_size) as db:
         await migrate(db)
-        app = create_app(settings, db)
+        ingest = GroupCommit(db)
         config = Config()
         config.bind = [settings.http_addr]
         config.accesslog = None
@@ -40,5 +41,11 @@ async def serve_scheduler(
         config.h11_max_incomplete_size = 64 * 1024
         stop = stop if stop is not None else trio.Event()
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))
-            task_status.started(binds[0].split("://", 1)[1])
+            nursery.start_soon(ingest.run)
+            app = create_app(settings, db, ingest)
+            async with trio.open_nursery() as http:
+                binds = await http.start(partial(serve, app, config, shutdown_trigger=stop.wait))
+                task_status.started(binds[0].split("://", 1)[1])
+            # serve() returned: every request has been answered, so no insert is waiting.
+            nursery.cancel_scope.cancel()
+

@@ -1,0 +1,1 @@
+"""`tm bench`: the benchmark. See tm/bench/run.py."""

@@ -1,0 +1,141 @@
+"""Real `tm` processes for the benchmark, on loopback, each in its own process (own GIL)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import trio
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """VmHWM (peak resident set) of a live process, in MB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+@dataclass(eq=False)
+class BenchProcess:
+    role: str
+    process: trio.Process
+    peak_mb: float = 0.0
+
+    def sample(self) -> None:
+        value = peak_rss_mb(self.process.pid)
+        if value is not None:
+            self.peak_mb = max(self.peak_mb, value)
+
+
+@dataclass(eq=False)
+class BenchCluster:
+    database_url: str
+    log_dir: Path
+    http_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
+    processes: list[BenchProcess] = field(default_factory=list)
+    peaks: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def _command(self) -> list[str]:
+        return [sys.executable, "-m", "tm"]
+
+    async def _start(self, role: str, *args: str) -> BenchProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TM_")}
+        env.update(TM_DATABASE_URL=self.database_url, TM_LOG_LEVEL="warning", PYTHONUNBUFFERED="1")
+        log = (self.log_dir / f"{role}-{len(self.processes)}.log").open("ab")
+        process = await trio.lowlevel.open_process(
+            [*self._command(), role, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        proc = BenchProcess(role, process)
+        self.processes.append(proc)
+        return proc
+
+    async def start_servers(self) -> None:
+        await self._start("scheduler", "--http-addr", f"127.0.0.1:{self.http_port}")
+        await self._start("coordinator", "--grpc-addr", f"127.0.0.1:{self.grpc_port}")
+        async with httpx.AsyncClient(base_url=self.url, timeout=5) as client:
+            with trio.fail_after(60):
+                while True:
+                    try:
+                        if (await client.get("/readyz")).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    await trio.sleep(0.1)
+
+    async def start_workers(self, count: int) -> list[BenchProcess]:
+        workers = [
+            await self._start(
+                "worker",
+                "--coordinator",
+                f"127.0.0.1:{self.grpc_port}",
+                "--executor",
+                "echo",
+                "--concurrency",
+                "20",
+                "--queue-size",
+                "500",
+            )
+            for _ in range(count)
+        ]
+        async with httpx.AsyncClient(base_url=self.url, timeout=5) as client:
+            with trio.fail_after(60):
+                while len((await client.get("/workers")).json()["workers"]) < count:
+                    await trio.sleep(0.1)  # noqa: ASYNC110 - polling another process
+        return workers
+
+    def sample(self) -> None:
+        for proc in self.processes:
+            if proc.process.returncode is None:
+                proc.sample()
+                self.peaks[proc.role] = max(self.peaks.get(proc.role, 0.0), proc.peak_mb)
+
+    async def stop(self, procs: list[BenchProcess]) -> None:
+        self.sample()
+        for proc in procs:
+            if proc.process.returncode is None:
+                proc.process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(30):
+            for proc in procs:
+                await proc.process.wait()
+        for proc in procs:
+            if proc.process.returncode is None:
+                proc.process.kill()
+                await proc.process.wait()
+        for proc in procs:
+            if proc in self.processes:
+                self.processes.remove(proc)
+
+    async def wait_workers_gone(self) -> None:
+        async with httpx.AsyncClient(base_url=self.url, timeout=5) as client:
+            with trio.move_on_after(20):
+                while (await client.get("/workers")).json()["workers"]:
+                    await trio.sleep(0.2)  # noqa: ASYNC110 - polling another process
+
+    async def close(self) -> None:
+        await self.stop(list(self.processes))
