@@ -106,7 +106,7 @@ class BenchCluster:
         async with httpx.AsyncClient(base_url=self.url, timeout=5) as client:
             with trio.fail_after(60):
                 while len((await client.get("/workers")).json()["workers"]) < count:
-                    await trio.sleep(0.1)  # noqa: ASYNC110 - polling another process
+                    await trio.sleep(0.1)
         return workers
 
     def sample(self) -> None:
@@ -135,7 +135,7 @@ class BenchCluster:
         async with httpx.AsyncClient(base_url=self.url, timeout=5) as client:
             with trio.move_on_after(20):
                 while (await client.get("/workers")).json()["workers"]:
-                    await trio.sleep(0.2)  # noqa: ASYNC110 - polling another process
+                    await trio.sleep(0.2)
 
     async def close(self) -> None:
         await self.stop(list(self.processes))
