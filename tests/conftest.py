@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.pgserver import admin, new_database_name, throwaway_cluster, with_database
+from tests.pgserver import admin, new_database_name, with_database
+from tm.devdb import throwaway_postgres
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +26,7 @@ def pg_server_url() -> Iterator[str]:
     if given:
         yield given
         return
-    with throwaway_cluster() as url:
+    with throwaway_postgres() as url:
         yield url
 
 

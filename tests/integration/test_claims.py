@@ -10,13 +10,13 @@ from datetime import timedelta
 import trio
 
 from tests.integration.helpers import db_now, insert, insert_due, new_task, open_db, task_row
-from tm.aio.pg import open_database
+from tm.aio.pg import Database, open_database
 from tm.db import queries
 
 
-async def test_future_tasks_are_not_claimed(database_url: str) -> None:
+async def test_future_tasks_are_not_claimed(db_url: str) -> None:
     with trio.fail_after(20):
-        async with open_db(database_url) as db:
+        async with open_db(db_url) as db:
             now = await db_now(db)
             due, future, far = await insert(
                 db,
@@ -38,10 +38,10 @@ async def test_future_tasks_are_not_claimed(database_url: str) -> None:
             assert await queries.next_due_at(db) == now + timedelta(seconds=30)
 
 
-async def test_claim_never_before_scheduled_at(database_url: str) -> None:
+async def test_claim_never_before_scheduled_at(db_url: str) -> None:
     """Poll claims across the due time: the task is picked, but only at or after it."""
     with trio.fail_after(20):
-        async with open_db(database_url) as db:
+        async with open_db(db_url) as db:
             due_at = await db_now(db) + timedelta(milliseconds=300)
             [task_id] = await insert(db, [new_task("soon", due_at)])
             claimed: list[queries.Claimed] = []
@@ -59,15 +59,13 @@ async def test_claim_never_before_scheduled_at(database_url: str) -> None:
             assert claimed[0].scheduled_at == due_at
 
 
-async def test_claims_oldest_due_first_with_slots_in_order(database_url: str) -> None:
+async def test_claims_oldest_due_first_with_slots_in_order(db_url: str) -> None:
     with trio.fail_after(20):
-        async with open_db(database_url) as db:
+        async with open_db(db_url) as db:
             now = await db_now(db)
             ages = list(range(1, 11))  # due 1..10 minutes ago
             random.shuffle(ages)  # inserted in no particular order
-            ids = await insert(
-                db, [new_task(f"age {a}", now - timedelta(minutes=a)) for a in ages]
-            )
+            ids = await insert(db, [new_task(f"age {a}", now - timedelta(minutes=a)) for a in ages])
             by_age = dict(zip(ages, ids, strict=True))
 
             slots = ["a", "b", "c", "a"]
@@ -91,9 +89,9 @@ async def test_claims_oldest_due_first_with_slots_in_order(database_url: str) ->
             assert [c.task_id for c in nxt] == [by_age[6]]
 
 
-async def test_equal_scheduled_at_claimed_in_task_id_order(database_url: str) -> None:
+async def test_equal_scheduled_at_claimed_in_task_id_order(db_url: str) -> None:
     with trio.fail_after(20):
-        async with open_db(database_url) as db:
+        async with open_db(db_url) as db:
             at = await db_now(db) - timedelta(seconds=5)
             ids = await insert(db, [new_task(f"t{i}", at) for i in range(6)])
             claimed = await queries.claim(db, ["x", "y", "z"], "c1", 30.0)
@@ -102,34 +100,32 @@ async def test_equal_scheduled_at_claimed_in_task_id_order(database_url: str) ->
             assert [by_slot["x"], by_slot["y"], by_slot["z"]] == lowest
 
 
-async def test_claim_with_fewer_due_tasks_than_slots(database_url: str) -> None:
+async def test_claim_with_fewer_due_tasks_than_slots(db_url: str) -> None:
     with trio.fail_after(20):
-        async with open_db(database_url) as db:
+        async with open_db(db_url) as db:
             first, second = await insert_due(db, 2)
             await insert(db, [new_task("later", await db_now(db) + timedelta(hours=1))])
             claimed = await queries.claim(db, ["w1", "w2", "w3", "w4", "w5"], "c1", 30.0)
             claimed.sort(key=lambda c: c.scheduled_at)
             assert [(c.task_id, c.worker_id) for c in claimed] == [(first, "w1"), (second, "w2")]
             assert await queries.claim(db, [], "c1", 30.0) == []
-            counts = dict(
-                await db.fetch("SELECT status, count(*) FROM tasks GROUP BY status")
-            )
+            counts = dict(await db.fetch("SELECT status, count(*) FROM tasks GROUP BY status"))
             assert counts == {"picked": 2, "scheduled": 1}
 
 
-async def test_concurrent_claimers_never_share_a_task(database_url: str) -> None:
+async def test_concurrent_claimers_never_share_a_task(db_url: str) -> None:
     total, pools, per_pool = 2000, 4, 2
     claims: dict[str, list[uuid.UUID]] = {}
 
     with trio.fail_after(40):
-        async with open_db(database_url) as db:
+        async with open_db(db_url) as db:
             ids = await insert_due(db, total)
 
-            async def claimer(pool_db: object, name: str) -> None:
+            async def claimer(pool_db: Database, name: str) -> None:
                 mine = claims.setdefault(name, [])
                 batch = [name] * random.randint(20, 60)
                 while True:
-                    got = await queries.claim(pool_db, batch, f"coord-{name}", 30.0)  # type: ignore[arg-type]
+                    got = await queries.claim(pool_db, batch, f"coord-{name}", 30.0)
                     if not got:
                         return
                     assert all(c.worker_id == name and c.attempt == 1 for c in got)
@@ -138,10 +134,12 @@ async def test_concurrent_claimers_never_share_a_task(database_url: str) -> None
 
             async def pool_claimers(index: int) -> None:
                 # a separate pool per "coordinator", so claims run on separate connections
-                async with open_database(database_url, max_size=per_pool) as pool_db:
-                    async with trio.open_nursery() as inner:
-                        for j in range(per_pool):
-                            inner.start_soon(claimer, pool_db, f"p{index}c{j}")
+                async with (
+                    open_database(db_url, max_size=per_pool) as pool_db,
+                    trio.open_nursery() as inner,
+                ):
+                    for j in range(per_pool):
+                        inner.start_soon(claimer, pool_db, f"p{index}c{j}")
 
             async with trio.open_nursery() as nursery:
                 for i in range(pools):

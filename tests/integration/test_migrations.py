@@ -63,8 +63,7 @@ async def test_migrate_creates_schema(empty_database_url: str) -> None:
             tables = {
                 r["table_name"]
                 for r in await db.fetch(
-                    "SELECT table_name FROM information_schema.tables "
-                    "WHERE table_schema = 'public'"
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
                 )
             }
             assert {"tasks", "workers", "schema_migrations"} <= tables
@@ -91,14 +90,16 @@ async def test_migrate_creates_schema(empty_database_url: str) -> None:
             due = indexes["tasks_scheduled_due"]
             assert "(scheduled_at, task_id)" in due
             assert "WHERE (status = 'scheduled'::text)" in due
-            for name in ("tasks_held_by_worker", "tasks_held_lease", "tasks_newest",
-                         "tasks_status_newest"):
+            for name in (
+                "tasks_held_by_worker",
+                "tasks_held_lease",
+                "tasks_newest",
+                "tasks_status_newest",
+            ):
                 assert name in indexes
             assert "WHERE" in indexes["tasks_held_lease"]
             # idempotency keys are unique (the insert path relies on ON CONFLICT)
-            assert any(
-                "UNIQUE" in d and "(idempotency_key)" in d for d in indexes.values()
-            )
+            assert any("UNIQUE" in d and "(idempotency_key)" in d for d in indexes.values())
 
             recorded = await db.fetch("SELECT version, name FROM schema_migrations")
             assert [(r["version"], r["name"]) for r in recorded] == [(1, "tasks")]

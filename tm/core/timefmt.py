@@ -6,7 +6,9 @@ guessing a zone is how schedulers run jobs hours early or late.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class TimeFormatError(ValueError):
@@ -50,10 +52,10 @@ def parse_time(text: str, field: str) -> datetime:
 
 def to_micros(value: datetime) -> int:
     """Microseconds since the Unix epoch, exactly (no float rounding)."""
-    delta = value.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    delta = value.astimezone(UTC) - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def from_micros(micros: int) -> datetime:
-    seconds, rest = divmod(micros, 1_000_000)
-    return datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=rest)
+    """Inverse of to_micros. OverflowError outside datetime's range (years 1-9999)."""
+    return _EPOCH + timedelta(microseconds=micros)

@@ -338,7 +338,14 @@ UPDATE tasks t SET
         WHEN 4 THEN 'cancelled'
         WHEN 5 THEN 'scheduled'
     END,
-    started_at = CASE WHEN u.kind = 5 THEN NULL
+    -- Back to scheduled (returned, or a failure to retry): the attempt's times go; the
+    -- error, exit code and output of a failure stay visible until the next attempt.
+    picked_at = CASE WHEN u.kind = 5 OR (u.kind = 3 AND t.failures + 1 < t.max_attempts
+                                         AND NOT t.at_most_once)
+                     THEN NULL ELSE t.picked_at END,
+    started_at = CASE WHEN u.kind = 5 OR (u.kind = 3 AND t.failures + 1 < t.max_attempts
+                                          AND NOT t.at_most_once)
+                      THEN NULL
                       ELSE coalesce(t.started_at, greatest(u.started_at, t.picked_at)) END,
     completed_at = CASE WHEN u.kind = 2 THEN greatest(u.at, t.picked_at, t.started_at,
                                                       u.started_at) END,
@@ -446,6 +453,10 @@ _RECOVER_SET = f"""
                      THEN clock_timestamp() END,
     error = CASE WHEN t.at_most_once OR t.losses + 1 >= t.max_losses
                  THEN '{WORKER_LOST}' ELSE t.error END,
+    picked_at = CASE WHEN t.at_most_once OR t.losses + 1 >= t.max_losses
+                     THEN t.picked_at END,
+    started_at = CASE WHEN t.at_most_once OR t.losses + 1 >= t.max_losses
+                      THEN t.started_at END,
     losses = t.losses + 1, lease_expires_at = NULL
 """
 

@@ -1,0 +1,1 @@
+"""HTTP API contract tests: the real scheduler in-process, spoken to over HTTP."""
