@@ -174,9 +174,7 @@ async def test_shell_executor_records_exit_code_and_output(cluster: Cluster) -> 
 
         failing = await cluster.post("/tasks", {"command": "echo hi; echo err >&2; exit 3"})
         succeeding = await cluster.post("/tasks", {"command": "printf ok"})
-        failed, completed = await cluster.wait_tasks(
-            [failing["task_id"], succeeding["task_id"]]
-        )
+        failed, completed = await cluster.wait_tasks([failing["task_id"], succeeding["task_id"]])
 
         assert failed["status"] == "failed", failed
         assert failed["exit_code"] == 3, failed
