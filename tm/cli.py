@@ -44,6 +44,14 @@ def database_option(fn: F) -> F:
     )(fn)
 
 
+def metrics_option(fn: F) -> F:
+    return click.option(
+        "--metrics-addr", envvar="TM_METRICS_ADDR", show_envvar=True, default=None,
+        callback=_address,
+        help="Serve Prometheus metrics at http://ADDR/metrics [default: not served].",
+    )(fn)
+
+
 def grace_option(default: float) -> Callable[[F], F]:
     return click.option(
         "--grace",
@@ -183,6 +191,7 @@ def _coordinator_settings(
     help="Address workers connect to.",
 )
 @coordinator_options
+@metrics_option
 @database_option
 @grace_option(5.0)
 def coordinator(
@@ -190,14 +199,19 @@ def coordinator(
     heartbeat_timeout: float,
     heartbeat_interval: float,
     lease: float,
+    metrics_addr: str | None,
     database_url: str,
     grace: float,
 ) -> None:
     """Dispatch due tasks to registered workers."""
+    from dataclasses import replace
+
     from tm.coordinator.service import serve_coordinator
 
-    settings = _coordinator_settings(
-        database_url, grpc_addr, heartbeat_timeout, heartbeat_interval, lease
+    settings = replace(
+        _coordinator_settings(database_url, grpc_addr, heartbeat_timeout, heartbeat_interval,
+                              lease),
+        metrics_addr=metrics_addr,
     )
 
     async def main_(stop: trio.Event) -> None:
@@ -287,6 +301,7 @@ def worker_options(fn: F) -> F:
     help="Stable worker id [default: host name plus a random suffix].",
 )
 @worker_options
+@metrics_option
 def worker(
     coordinator_addr: str,
     grpc_addr: str,
@@ -296,6 +311,7 @@ def worker(
     queue_size: int,
     executor: str,
     drain_grace: float,
+    metrics_addr: str | None,
 ) -> None:
     """Run tasks pushed by the coordinator."""
     from tm.worker.service import serve_worker
@@ -309,6 +325,7 @@ def worker(
         executor=executor,
         worker_id=worker_id,
         drain_grace_s=drain_grace,
+        metrics_addr=metrics_addr,
     )
 
     async def main_(stop: trio.Event) -> None:

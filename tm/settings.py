@@ -34,6 +34,8 @@ class CoordinatorSettings:
     retry_base_s: float = 1.0
     retry_cap_s: float = 300.0
     pool_size: int = 10
+    # Serve Prometheus metrics on this address (None: not served).
+    metrics_addr: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +52,4 @@ class WorkerSettings:
     report_flush_s: float = 0.005
     drain_grace_s: float = 30.0
     rpc_timeout_s: float = 5.0
+    metrics_addr: str | None = None

@@ -18,6 +18,7 @@ left to heartbeats and leases rather than pushed twice blindly.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import uuid
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from datetime import UTC, datetime
 import structlog
 import trio
 
+from tm import metrics
 from tm.aio.grpc import Code, RpcError, RpcFailed, bridge, connect_peer, serve_grpc, split_address
 from tm.aio.pg import Database, DatabaseUnavailable, open_database
 from tm.coordinator.registry import Registry, WorkerLink
@@ -41,10 +43,6 @@ from tm.settings import CoordinatorSettings
 log = structlog.get_logger("tm.coordinator")
 
 MAX_WORKER_ID = 200
-NEXT_DUE_DELAY = """
-SELECT extract(epoch FROM min(scheduled_at) - clock_timestamp())::float8
-FROM tasks WHERE status = 'scheduled'
-"""
 
 
 def _held(items: Sequence[pb.HeldTask]) -> list[tuple[uuid.UUID, int]]:
@@ -68,7 +66,6 @@ class Coordinator:
         self._nursery = nursery
         self._wake = trio.Event()
         self._rotation = 0
-        self.stats = {"dispatched": 0, "stale_reports": 0, "push_failures": 0, "lost": 0}
 
     def __repr__(self) -> str:
         return f"<Coordinator {self.id} {self.registry!r}>"
@@ -112,6 +109,7 @@ class Coordinator:
         if old is not None:
             old.retired = True
             old.deadline.cancel()
+        metrics.WORKER_FREE_SLOTS.labels(link.worker_id).set(credit.available)
         self._nursery.start_soon(self._watch, link)
         log.info(
             "worker registered",
@@ -194,7 +192,7 @@ class Coordinator:
                 task_id=str(task_id),
                 worker_id=request.worker_id,
             )
-        self.stats["stale_reports"] += len(stale)
+        metrics.STALE_REPORTS.inc(len(stale))
         link = self.registry.get(request.worker_id)
         if link is not None:
             link.deadline.deadline = trio.current_time() + self.settings.heartbeat_timeout_s
@@ -214,6 +212,7 @@ class Coordinator:
             accepted_total=capacity.accepted_total,
             draining=capacity.draining,
         )
+        metrics.WORKER_FREE_SLOTS.labels(link.worker_id).set(link.credit.available)
         if link.credit.available > before:
             self.wake()
 
@@ -240,7 +239,9 @@ class Coordinator:
         link.peer.close()
         if link.retired or not self.registry.remove(link):
             return
-        self.stats["lost"] += 1
+        metrics.HEARTBEAT_MISSES.inc()
+        with contextlib.suppress(KeyError):
+            metrics.WORKER_FREE_SLOTS.remove(link.worker_id)
         log.warning(
             "worker lost",
             action="worker_lost",
@@ -266,6 +267,7 @@ class Coordinator:
                     error=str(exc),
                 )
                 await trio.sleep(exponential(tries, base=0.5, cap=5.0, jitter=random.random()))
+        metrics.TASKS_RECOVERED.labels("worker_lost").inc(len(rows))
         for row in rows:
             log.info(
                 "task recovered from lost worker",
@@ -303,6 +305,7 @@ class Coordinator:
                 healthy_since = trio.current_time()
                 log.warning("lease reaper skipped a round", action="reap_retry", error=str(exc))
                 continue
+            metrics.TASKS_RECOVERED.labels("lease_expired").inc(len(rows))
             for row in rows:
                 log.warning("lease expired, task recovered", action="lease_expired",
                             task_id=str(row["task_id"]), status=row["status"])
@@ -343,12 +346,16 @@ class Coordinator:
         claimed = await queries.claim(self.db, slots, self.id, self.settings.lease_s)
         if claimed:
             self._push_all(claimed)
+            metrics.CLAIM_BATCH.observe(len(claimed))
+            for task in claimed:
+                metrics.DISPATCH_LATENCY.observe(
+                    max(0.0, (task.picked_at - task.scheduled_at).total_seconds()))
         if len(claimed) == len(slots):
             return 0.0
-        due_in = await self.db.fetchval(NEXT_DUE_DELAY)
+        due_in = await queries.seconds_until_due(self.db)
         if due_in is None:
             return self.settings.scan_interval_s
-        return min(self.settings.scan_interval_s, max(0.0, float(due_in)))
+        return min(self.settings.scan_interval_s, max(0.0, due_in))
 
     def _backoff_wait(self, now: float) -> float:
         resume = [
@@ -369,7 +376,7 @@ class Coordinator:
                 continue
             link.credit = dispatch.reserve(link.credit, min(len(tasks), link.credit.available))
             self._nursery.start_soon(self._push, link, tasks)
-        self.stats["dispatched"] += len(claimed)
+        metrics.DISPATCHED.inc(len(claimed))
 
     async def _push(self, link: WorkerLink, tasks: list[queries.Claimed]) -> None:
         request = pb.PushRequest(
@@ -388,7 +395,7 @@ class Coordinator:
         try:
             response = await link.peer.call("push", request, timeout=self.settings.push_timeout_s)
         except RpcFailed as exc:
-            self.stats["push_failures"] += 1
+            metrics.PUSH_FAILURES.inc()
             link.credit = dispatch.release(link.credit, len(tasks))
             link.push_failures += 1
             link.resume_at = trio.current_time() + exponential(
@@ -535,6 +542,10 @@ async def serve_coordinator(
             nursery.start_soon(coordinator.dispatch_forever)
             nursery.start_soon(coordinator.follow_notifications)
             nursery.start_soon(coordinator.reap)
+            metrics.WORKERS.set_function(lambda: len(coordinator.registry))
+            metrics.watch_pool("coordinator", db.statistics)
+            if settings.metrics_addr:
+                await nursery.start(metrics.serve_metrics, settings.metrics_addr)
             address = f"{bound[0]}:{bound[1]}"
             log.info(
                 "coordinator ready",

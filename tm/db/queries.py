@@ -135,6 +135,13 @@ async def list_tasks(
     return rows, encode_cursor(rows[-1]["created_at"], rows[-1]["task_id"])
 
 
+COUNT_BY_STATUS = "SELECT status, count(*) FROM tasks GROUP BY status"
+
+
+async def count_by_status(db: Database) -> dict[str, int]:
+    return {row[0]: row[1] for row in await db.fetch(COUNT_BY_STATUS)}
+
+
 # ---------------------------------------------------------------------------- cancel
 
 CANCEL_TASK = f"""
@@ -245,7 +252,10 @@ async def record_heartbeat(
 
 # ---------------------------------------------------------------------------- dispatch
 
-NEXT_DUE = "SELECT min(scheduled_at) FROM tasks WHERE status = 'scheduled'"
+NEXT_DUE_IN = """
+SELECT extract(epoch FROM min(scheduled_at) - clock_timestamp())::float8
+FROM tasks WHERE status = 'scheduled'
+"""
 
 CLAIM = """
 WITH due AS (
@@ -265,7 +275,8 @@ SET status = 'picked', attempt = t.attempt + 1, picked_at = clock_timestamp(),
     lease_expires_at = clock_timestamp() + make_interval(secs => $4)
 FROM numbered JOIN slots USING (slot)
 WHERE t.task_id = numbered.task_id
-RETURNING t.task_id, t.command, t.attempt, t.scheduled_at, t.timeout_s, t.worker_id
+RETURNING t.task_id, t.command, t.attempt, t.scheduled_at, t.timeout_s, t.worker_id,
+          t.picked_at
 """
 
 UNDO_PUSH = """
@@ -284,11 +295,14 @@ class Claimed:
     scheduled_at: datetime
     timeout_s: float | None
     worker_id: str
+    picked_at: datetime
 
 
-async def next_due_at(db: Database) -> datetime | None:
-    value: datetime | None = await db.fetchval(NEXT_DUE)
-    return value
+async def seconds_until_due(db: Database) -> float | None:
+    """Seconds until the earliest scheduled task is due (negative: overdue), by the
+    database's clock; None when nothing is scheduled."""
+    value = await db.fetchval(NEXT_DUE_IN)
+    return None if value is None else float(value)
 
 
 async def claim(
@@ -310,6 +324,7 @@ async def claim(
             r["scheduled_at"],
             r["timeout_s"],
             r["worker_id"],
+            r["picked_at"],
         )
         for r in rows
     ]

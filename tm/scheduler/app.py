@@ -21,6 +21,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from tm import metrics
 from tm.aio.pg import Database, DatabaseUnavailable
 from tm.core.tasks import MAX_BATCH, InvalidInput, NewTask, Status, parse_new_task, parse_task_id
 from tm.db import queries
@@ -102,6 +103,11 @@ def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -
             return response
         return None
 
+    @app.after_request
+    async def count_request(response: Response) -> Response:
+        metrics.HTTP_REQUESTS.labels(request.method, str(response.status_code)).inc()
+        return response
+
     @app.errorhandler(ApiError)
     async def on_api_error(exc: ApiError) -> Response:
         return error_response(exc.status, exc.message)
@@ -141,6 +147,7 @@ def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -
         task = _new_task(body)
         [result] = await ingest.insert([task])
         if result.created:
+            metrics.TASKS_CREATED.inc()
             log.info("task scheduled", action="task_created", task_id=str(task.task_id))
         return task_json(result.row), result.created
 
@@ -178,6 +185,7 @@ def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -
             tasks = [_new_task(item, f"tasks[{i}]: ") for i, item in enumerate(items)]
             results = await ingest.insert(tasks)
             created = sum(r.created for r in results)
+            metrics.TASKS_CREATED.inc(created)
             log.info("batch scheduled", action="batch_created", count=len(tasks), created=created)
             return json_response({"tasks": [task_json(r.row) for r in results]}, 201)
         task, created = await store_one(body)
@@ -234,6 +242,15 @@ def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -
         return json_response({"workers": [worker_json(r) for r in rows]})
 
     # ------------------------------------------------------------ health
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        counts = {s.value: 0 for s in Status}
+        counts.update(await queries.count_by_status(db))
+        for status, count in counts.items():
+            metrics.TASKS.labels(status).set(count)
+        body, content_type = metrics.render()
+        return Response(body, 200, content_type=content_type)
 
     @app.get("/healthz")
     async def healthz() -> Response:

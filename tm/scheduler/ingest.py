@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 
+from tm import metrics
 from tm.aio.pg import Database, DatabaseUnavailable
 from tm.core.tasks import NewTask
 from tm.db import queries
@@ -88,6 +89,7 @@ class GroupCommit:
             for pending in group:
                 await self._flush([pending])
             return
+        metrics.INGEST_GROUP_SIZE.observe(len(tasks))
         self.groups += 1
         self.rows += len(tasks)
         offset = 0

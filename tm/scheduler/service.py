@@ -9,6 +9,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from tm import metrics
 from tm.aio.pg import open_database
 from tm.db.migrate import migrate
 from tm.scheduler.app import create_app
@@ -32,6 +33,7 @@ async def serve_scheduler(
     async with open_database(settings.database_url, max_size=settings.pool_size) as db:
         await migrate(db)
         ingest = GroupCommit(db)
+        metrics.watch_pool("scheduler", db.statistics)
         config = Config()
         config.bind = [settings.http_addr]
         config.accesslog = None

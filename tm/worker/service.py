@@ -29,6 +29,7 @@ from typing import Any
 import structlog
 import trio
 
+from tm import metrics
 from tm.aio.grpc import (
     RpcFailed,
     bridge,
@@ -96,6 +97,14 @@ class Worker:
             f"<Worker {self.id} [{running} running, {len(self.held) - running} queued, "
             f"{len(self._outbox)} reports waiting{', draining' if self.draining else ''}]>"
         )
+
+    def watch_metrics(self) -> None:
+        def running() -> int:
+            return sum(h.started for h in self.held.values())
+
+        metrics.RUNNING.labels(self.id).set_function(running)
+        metrics.QUEUE_DEPTH.labels(self.id).set_function(lambda: len(self.held) - running())
+        metrics.REPORTS_PENDING.labels(self.id).set_function(lambda: len(self._outbox))
 
     def capacity_message(self) -> pb.Capacity:
         free = 0 if self.draining else max(0, self.capacity - len(self.held))
@@ -209,28 +218,24 @@ class Worker:
             if timer.cancelled_caught:
                 error = TIMEOUT
         if held.cancelled:
+            outcome = "cancelled"
             self._report(held, Kind.CANCELLED, error="cancelled")
         elif error is not None:
+            outcome = "failed"
             self._report(held, Kind.FAILED, error=error, output=result.output if result else "")
         elif result is not None and result.exit_code == 0:
+            outcome = "completed"
             self._report(held, Kind.COMPLETED, exit_code=0, output=result.output)
         elif result is not None:
-            self._report(
-                held,
-                Kind.FAILED,
-                exit_code=result.exit_code,
-                output=result.output,
-                error=f"exit code {result.exit_code}",
-            )
-        log.info(
-            "task finished",
-            action="task_finished",
-            task_id=task.task_id,
-            attempt=task.attempt,
-            cancelled=held.cancelled,
-            error=error,
-            exit_code=result.exit_code if result else None,
-        )
+            outcome = "failed"
+            self._report(held, Kind.FAILED, exit_code=result.exit_code, output=result.output,
+                         error=f"exit code {result.exit_code}")
+        else:  # stopped past the drain grace: no report; the task's lease decides
+            outcome = "abandoned"
+        metrics.EXECUTIONS.labels(self.id, outcome).inc()
+        log.info("task finished", action="task_finished", task_id=task.task_id,
+                 attempt=task.attempt, outcome=outcome, error=error,
+                 exit_code=result.exit_code if result else None)
         self._finish(held)
 
     def start_draining(self) -> None:
@@ -383,6 +388,9 @@ async def serve_worker(
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(serve_grpc, [bridge(pb.WorkerServiceBase, worker)], host, port)
         worker.address = settings.advertise or advertised_address(bound[0], bound[1])
+        worker.watch_metrics()
+        if settings.metrics_addr:
+            await nursery.start(metrics.serve_metrics, settings.metrics_addr)
         async with (
             open_peer(pb.CoordinatorServiceStub, settings.coordinator) as peer,
             trio.open_nursery() as work,
