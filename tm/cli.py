@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -422,121 +421,7 @@ def bench(database_url: str, quick: bool, json_path: str | None) -> None:
 
 # ---------------------------------------------------------------------------- client
 
-url_option = click.option(
-    "--url",
-    envvar="TM_URL",
-    show_envvar=True,
-    default="http://127.0.0.1:8081",
-    show_default=True,
-    help="Scheduler base URL.",
-)
-token_option = click.option(
-    "--api-token",
-    envvar="TM_API_TOKEN",
-    show_envvar=True,
-    default=None,
-    help="Bearer token, if the API requires one.",
-)
+# The client commands live in tm/client_cli.py (imported last: they need only `main`).
+from tm import client_cli  # noqa: E402
 
-
-def _request(method: str, url: str, path: str, token: str | None, **kwargs: Any) -> Any:
-    import httpx
-
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        response = httpx.request(
-            method, url.rstrip("/") + path, headers=headers, timeout=30, **kwargs
-        )
-    except httpx.HTTPError as exc:
-        click.echo(f"error: cannot reach {url}: {exc}", err=True)
-        sys.exit(3)
-    try:
-        body = response.json()
-    except ValueError:
-        body = {"error": response.text[:500]}
-    if response.status_code >= 400:
-        click.echo(f"error: {response.status_code}: {body.get('error', body)}", err=True)
-        sys.exit(1 if response.status_code < 500 else 3)
-    return body
-
-
-def _print(body: Any) -> None:
-    click.echo(json.dumps(body, indent=2, ensure_ascii=False))
-
-
-@main.command()
-@click.argument("command")
-@click.option("--at", "at", default=None, help="RFC 3339 time with offset [default: now].")
-@click.option("--max-attempts", type=click.IntRange(1, 100), default=None)
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=None)
-@click.option("--idempotency-key", default=None)
-@click.option("--at-most-once", is_flag=True, default=False)
-@url_option
-@token_option
-def submit(
-    command: str,
-    at: str | None,
-    max_attempts: int | None,
-    timeout_s: float | None,
-    idempotency_key: str | None,
-    at_most_once: bool,
-    url: str,
-    api_token: str | None,
-) -> None:
-    """Schedule COMMAND; prints the task."""
-    body: dict[str, Any] = {"command": command}
-    for key, value in (
-        ("scheduled_at", at),
-        ("max_attempts", max_attempts),
-        ("timeout_s", timeout_s),
-        ("idempotency_key", idempotency_key),
-    ):
-        if value is not None:
-            body[key] = value
-    if at_most_once:
-        body["at_most_once"] = True
-    _print(_request("POST", url, "/tasks", api_token, json=body))
-
-
-@main.command()
-@click.argument("task_id")
-@url_option
-@token_option
-def status(task_id: str, url: str, api_token: str | None) -> None:
-    """Show one task."""
-    _print(_request("GET", url, f"/tasks/{task_id}", api_token))
-
-
-@main.command()
-@click.option("--status", "status_", default=None, help="Only tasks in this status.")
-@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
-@click.option("--after", default=None, help="Cursor from a previous page's 'next'.")
-@url_option
-@token_option
-def tasks(
-    status_: str | None, limit: int, after: str | None, url: str, api_token: str | None
-) -> None:
-    """List tasks, newest first."""
-    params: dict[str, Any] = {"limit": limit}
-    if status_:
-        params["status"] = status_
-    if after:
-        params["after"] = after
-    _print(_request("GET", url, "/tasks", api_token, params=params))
-
-
-@main.command()
-@click.argument("task_id")
-@url_option
-@token_option
-def cancel(task_id: str, url: str, api_token: str | None) -> None:
-    """Cancel a task (exit 1 if it already finished)."""
-    _print(_request("POST", url, f"/tasks/{task_id}/cancel", api_token))
-
-
-@main.command()
-@url_option
-@token_option
-def workers(url: str, api_token: str | None) -> None:
-    """List live workers."""
-    _print(_request("GET", url, "/workers", api_token))
+client_cli.register(main)

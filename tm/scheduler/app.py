@@ -13,28 +13,39 @@ from __future__ import annotations
 import hmac
 import json
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import structlog
 import trio
 from quart import Response, request
+from quart_schema import (
+    QuartSchema,
+    document_querystring,
+    document_request,
+    document_response,
+    hide,
+)
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from tm import metrics
+from tm import __version__, metrics
 from tm.aio.pg import Database, DatabaseUnavailable
 from tm.core.tasks import MAX_BATCH, InvalidInput, NewTask, Status, parse_new_task, parse_task_id
 from tm.db import queries
+from tm.scheduler import schemas as sc
 from tm.scheduler.ingest import GroupCommit
 from tm.scheduler.render import task_json, worker_json
 from tm.settings import SchedulerSettings
 
 log = structlog.get_logger("tm.scheduler")
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 MAX_BODY_BYTES = 32 * 1024 * 1024
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs"})
 
 
 class ApiError(Exception):
@@ -83,11 +94,33 @@ def _new_task(body: object, where: str = "") -> NewTask:
         raise ApiError(400, f"{where}{exc}") from None
 
 
+def errors(*codes: int) -> Callable[[F], F]:
+    """Document the error answers of a route: its own, plus 401 and 503 every route can give."""
+
+    def decorate(fn: F) -> F:
+        for code in sorted({*codes, 401, 503}):
+            fn = document_response(sc.Error, code)(fn)
+        return fn
+
+    return decorate
+
+
 def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -> QuartTrio:
     """The API over `db`; single-task inserts go through `ingest` (group commit)."""
     app = QuartTrio("tm.scheduler")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
+    QuartSchema(
+        app,
+        info={"title": "TaskMaster", "version": __version__,
+              "description": "Schedule commands to run at a time; see the README."},
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        security_schemes={"bearer": {"type": "http", "scheme": "bearer"}}
+        if settings.api_token else None,
+        security=[{"bearer": []}] if settings.api_token else None,
+        openapi_provider_class=sc.OpenAPI,
+    )
 
     @app.before_request
     async def check_token() -> Response | None:
@@ -154,12 +187,18 @@ def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -
     # ------------------------------------------------------------ seed-compatible routes
 
     @app.post("/schedule")
+    @document_request(sc.TaskIn)
+    @document_response(sc.Task, 200)
+    @errors(400, 413)
     async def schedule() -> Response:
         task, _ = await store_one(await read_json())
         return json_response(task, 200)
 
     @app.get("/status")
     @app.get("/status/")
+    @document_querystring(sc.StatusQuery)
+    @document_response(sc.Task, 200)
+    @errors(400, 404)
     async def status() -> Response:
         task_id = parse_task_id(request.args.get("task_id"))
         row = await queries.get_task(db, task_id)
@@ -170,6 +209,10 @@ def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -
     # ------------------------------------------------------------ REST routes
 
     @app.post("/tasks")
+    @document_request(sc.CreateTasks)
+    @document_response(sc.Task, 200)
+    @document_response(sc.Created, 201)
+    @errors(400, 413)
     async def create_tasks() -> Response:
         body = await read_json()
         if isinstance(body, dict) and "tasks" in body:
@@ -191,15 +234,20 @@ def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -
         task, created = await store_one(body)
         return json_response(task, 201 if created else 200)
 
-    @app.get("/tasks/<raw_id>")
-    async def get_task(raw_id: str) -> Response:
-        task_id = parse_task_id(raw_id)
-        row = await queries.get_task(db, task_id)
+    @app.get("/tasks/<task_id>")
+    @document_response(sc.Task, 200)
+    @errors(400, 404)
+    async def get_task(task_id: str) -> Response:
+        parsed = parse_task_id(task_id)
+        row = await queries.get_task(db, parsed)
         if row is None:
-            raise ApiError(404, f"no task with id {task_id}")
+            raise ApiError(404, f"no task with id {parsed}")
         return json_response(task_json(row))
 
     @app.get("/tasks")
+    @document_querystring(sc.ListQuery)
+    @document_response(sc.TaskPage, 200)
+    @errors(400)
     async def list_tasks() -> Response:
         raw_status = request.args.get("status")
         status_filter: Status | None = None
@@ -220,23 +268,27 @@ def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -
         rows, cursor = await queries.list_tasks(db, status=status_filter, limit=limit, after=after)
         return json_response({"tasks": [task_json(r) for r in rows], "next": cursor})
 
-    @app.post("/tasks/<raw_id>/cancel")
-    async def cancel(raw_id: str) -> Response:
-        task_id = parse_task_id(raw_id)
-        outcome, row = await queries.cancel_task(db, task_id)
+    @app.post("/tasks/<task_id>/cancel")
+    @document_response(sc.Task, 200)
+    @errors(400, 404, 409)
+    async def cancel(task_id: str) -> Response:
+        parsed = parse_task_id(task_id)
+        outcome, row = await queries.cancel_task(db, parsed)
         if outcome == "unknown":
-            raise ApiError(404, f"no task with id {task_id}")
+            raise ApiError(404, f"no task with id {parsed}")
         if outcome == "finished":
-            raise ApiError(409, f"task {task_id} already finished as {row['status']}")
+            raise ApiError(409, f"task {parsed} already finished as {row['status']}")
         log.info(
             "task cancelled",
             action="task_cancelled",
-            task_id=str(task_id),
+            task_id=str(parsed),
             worker_id=row["held_by"],
         )
         return json_response(task_json(row))
 
     @app.get("/workers")
+    @document_response(sc.WorkerList, 200)
+    @errors()
     async def workers() -> Response:
         rows = await queries.list_workers(db, settings.worker_timeout_s)
         return json_response({"workers": [worker_json(r) for r in rows]})
@@ -244,6 +296,7 @@ def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -
     # ------------------------------------------------------------ health
 
     @app.get("/metrics")
+    @hide
     async def metrics_endpoint() -> Response:
         counts = {s.value: 0 for s in Status}
         counts.update(await queries.count_by_status(db))
@@ -253,10 +306,13 @@ def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -
         return Response(body, 200, content_type=content_type)
 
     @app.get("/healthz")
+    @document_response(sc.Health, 200)
     async def healthz() -> Response:
         return json_response({"status": "ok"})
 
     @app.get("/readyz")
+    @document_response(sc.Ready, 200)
+    @document_response(sc.Error, 503)
     async def readyz() -> Response:
         try:
             elapsed_ms = await _ping(db)
