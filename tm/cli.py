@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import click
-import trio
 
 from tm import logs
-from tm.aio.grpc import split_address
-from tm.runner import run
+from tm.core.addresses import split_address
 from tm.settings import (
     DEFAULT_DATABASE_URL,
     CoordinatorSettings,
@@ -20,6 +18,16 @@ from tm.settings import (
 )
 
 F = Callable[..., Any]
+
+if TYPE_CHECKING:
+    import trio
+
+
+def run(main: Callable[[trio.Event], Awaitable[None]], *, grace: float) -> None:
+    """Run a service until SIGTERM/SIGINT (imported late: client commands start faster)."""
+    from tm.runner import run as run_service
+
+    run_service(main, grace=grace)
 
 
 def _address(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -68,8 +76,8 @@ def grace_option(default: float) -> Callable[[F], F]:
 def main() -> None:
     """TaskMaster: a distributed task scheduler.
 
-    Servers: scheduler (HTTP API), coordinator (dispatch), worker (execution).
-    Clients: submit, status, tasks, cancel, workers.
+    Servers: scheduler (HTTP API), coordinator (dispatch), worker (execution), dev (all in
+    one process). Clients: submit, status, tasks, cancel, workers, watch.
     """
     logs.configure()
 
@@ -337,6 +345,7 @@ def worker(
 @database_option
 def migrate(database_url: str) -> None:
     """Apply pending schema migrations and exit."""
+    import trio
     import trio_asyncio
 
     from tm.aio.pg import DatabaseUnavailable, open_database

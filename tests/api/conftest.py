@@ -3,6 +3,10 @@
 `open_api(settings)` runs `serve_scheduler` on 127.0.0.1:0 inside `trio_asyncio.open_loop()`
 in the calling task and yields an httpx client bound to it; leaving cancels the server.
 
+Starting a server costs 0.1-0.3 s, so tests of many small cases (bad bodies, bad ids,
+bad routes) run them all against one server with `contract.each_case`, which reports every
+failing case by name.
+
 Two databases:
 * `api` serves one database shared by the whole session. Creating and dropping a database
   costs up to a second on a busy server, so tests that only look at tasks they created
@@ -21,12 +25,15 @@ from functools import partial
 
 import httpx
 import pytest
+import structlog
 import trio
 import trio_asyncio
 
-from tests.pgserver import admin, new_database_name, with_database
-from tm.scheduler.service import serve_scheduler
-from tm.settings import SchedulerSettings
+pytest.register_assert_rewrite("tests.api.contract")
+
+from tests.pgserver import admin, new_database_name, with_database  # noqa: E402
+from tm.scheduler.service import serve_scheduler  # noqa: E402
+from tm.settings import SchedulerSettings  # noqa: E402
 
 START_TIMEOUT_S = 20
 # Built once: loading the CA bundle costs ~0.1 s per client, and every test has a client
@@ -48,6 +55,30 @@ async def open_api(settings: SchedulerSettings) -> AsyncIterator[httpx.AsyncClie
                 yield client
         finally:
             nursery.cancel_scope.cancel()
+
+
+@pytest.fixture(scope="package", autouse=True)
+def plain_tracebacks() -> Iterator[None]:
+    """Log exceptions as plain text while these tests run, as `tm.logs` does in production.
+
+    structlog's unconfigured default renders them with rich, which takes 3-5 s per 500 on a
+    busy machine: a test of a failing route would spend its time formatting tracebacks.
+    """
+    previous = structlog.get_config()
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.format_exc_info,
+            structlog.dev.ConsoleRenderer(
+                colors=False, exception_formatter=structlog.dev.plain_traceback
+            ),
+        ],
+        cache_logger_on_first_use=False,
+    )
+    try:
+        yield
+    finally:
+        structlog.configure(**previous)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import httpx
 
@@ -58,6 +59,8 @@ UNSET_WHEN_SCHEDULED = (
     "output",
     "error",
 )
+
+T = TypeVar("T")
 
 # Any identifier the server cannot know.
 UNKNOWN_ID = "6f1c1a9e-3c9b-4d47-9a43-2f1f6c1e8b55"
@@ -149,3 +152,14 @@ async def newest_task_id(client: httpx.AsyncClient) -> str | None:
     assert response.status_code == 200, response.text[:500]
     tasks = assert_json(response)["tasks"]
     return tasks[0]["task_id"] if tasks else None
+
+
+async def each_case(cases: Mapping[str, T], check: Callable[[T], Awaitable[object]]) -> None:
+    """Run `check` on every case against the same server; fail listing every failing case."""
+    failures = []
+    for name, case in cases.items():
+        try:
+            await check(case)
+        except AssertionError as exc:
+            failures.append(f"[{name}] " + " | ".join(str(exc).strip().splitlines())[:600])
+    assert not failures, f"{len(failures)} of {len(cases)} cases failed:\n" + "\n".join(failures)

@@ -14,18 +14,22 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
+import asyncpg
 import httpx
 import trio
+import trio_asyncio
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_S = 20.0  # generous: two shared CPUs, each process imports grpclib, asyncpg, quart
@@ -33,6 +37,7 @@ POLL_S = 0.05
 LOG_TAIL_LINES = 80
 
 Task = dict[str, Any]
+T = TypeVar("T")
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 
@@ -59,6 +64,56 @@ def parse_time(value: str) -> datetime:
 
 def is_finished(task: Task) -> bool:
     return task["status"] in TERMINAL
+
+
+_TASK_ID = re.compile(r"\btask_id=([0-9a-f-]{36})\b")
+
+
+def logged_task_ids(procs: Iterable[Proc], action: str) -> Counter[str]:
+    """How many `action=<action>` log lines each task_id has, over all of `procs`' logs.
+
+    Reads the console log format (`... action=task_finished ... task_id=<uuid> ...`).
+    """
+    marker = f"action={action} "
+    counts: Counter[str] = Counter()
+    for proc in procs:
+        for line in proc.log_text().splitlines():
+            if marker in line + " ":
+                found = _TASK_ID.search(line)
+                if found:
+                    counts[found.group(1)] += 1
+    return counts
+
+
+def pids_with_cmdline(fragment: str) -> list[int]:
+    """Live processes (not zombies) whose command line contains `fragment`, from /proc."""
+    needle = fragment.encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if needle in cmdline.replace(b"\0", b" "):
+            pids.append(int(entry.name))
+    return pids
+
+
+async def query_database(url: str, query: str, *args: Any) -> list[Any]:
+    """Run one statement on its own connection (asyncpg inside trio-asyncio); its rows."""
+
+    async def on_asyncio() -> list[Any]:
+        conn = await asyncpg.connect(url)
+        try:
+            return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+
+    async with trio_asyncio.open_loop():
+        rows: list[Any] = await trio_asyncio.aio_as_trio(on_asyncio)()
+    return rows
 
 
 def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -169,9 +224,16 @@ class Cluster:
         heartbeat_interval: float = 0.3,
         lease: float | None = None,
         wait: bool = True,
+        address: str | None = None,
+        name: str = "coordinator",
     ) -> Proc:
-        """`tm coordinator` on a free port; returns once it accepts TCP connections (if `wait`)."""
-        address = f"127.0.0.1:{free_port()}"
+        """`tm coordinator` on a free port; returns once it accepts TCP connections (if `wait`).
+
+        `address` reuses a given one (a restart on the same port, so workers reconnect);
+        `name` names its log (a second coordinator, a restart). The latest one started is
+        `self.coordinator` and the workers' default `--coordinator`.
+        """
+        address = address or f"127.0.0.1:{free_port()}"
         args = [
             "coordinator",
             "--grpc-addr",
@@ -185,7 +247,7 @@ class Cluster:
         ]
         if lease is not None:
             args += ["--lease", str(lease)]
-        proc = await self.spawn("coordinator", args, address=address)
+        proc = await self.spawn(name, args, address=address)
         self.coordinator = proc
         self.grpc_addr = address
         if wait:
@@ -215,15 +277,18 @@ class Cluster:
         concurrency: int = 5,
         worker_id: str | None = None,
         drain_grace: float | None = None,
+        coordinator: str | None = None,
+        queue_size: int | None = None,
     ) -> Proc:
-        """`tm worker` against the coordinator; does not wait for it to register."""
-        assert self.grpc_addr is not None, "start the coordinator first"
+        """`tm worker` against the coordinator (or `coordinator`); does not wait for it."""
+        coordinator = coordinator or self.grpc_addr
+        assert coordinator is not None, "start the coordinator first"
         self._worker_count += 1
         worker_id = worker_id or f"e2e-w{self._worker_count}"
         args = [
             "worker",
             "--coordinator",
-            self.grpc_addr,
+            coordinator,
             "--grpc-addr",
             "127.0.0.1:0",
             "--worker-id",
@@ -235,6 +300,8 @@ class Cluster:
         ]
         if drain_grace is not None:
             args += ["--drain-grace", str(drain_grace)]
+        if queue_size is not None:
+            args += ["--queue-size", str(queue_size)]
         return await self.spawn(f"worker-{worker_id}", args, worker_id=worker_id)
 
     async def start_workers(self, count: int, **options: Any) -> list[Proc]:
@@ -398,6 +465,33 @@ class Cluster:
         """`wait_task` for each id, all under one deadline; returns them in order."""
         with trio.fail_after(timeout):
             return [await self.wait_task(t, predicate, timeout=timeout) for t in task_ids]
+
+    async def wait_until(
+        self,
+        check: Callable[[], Awaitable[T | None]],
+        waiting_for: str,
+        *,
+        timeout: float = 15.0,
+        poll: float = POLL_S,
+    ) -> T:
+        """Poll `check()` until it returns something other than None/False; returns that.
+
+        Fails (with `waiting_for` and the last value seen) after `timeout` seconds, or at
+        once if a process we did not stop has exited.
+        """
+        last: object = None
+        try:
+            with trio.fail_after(timeout):
+                while True:
+                    self._check_alive(self.procs, waiting_for)
+                    last = await check()
+                    if last is not None and last is not False:
+                        return last  # type: ignore[return-value]
+                    await trio.sleep(poll)
+        except trio.TooSlowError:
+            raise AssertionError(
+                f"still waiting for {waiting_for} after {timeout} s (last seen: {last!r})"
+            ) from None
 
     # ------------------------------------------------------------------ HTTP
 

@@ -205,7 +205,7 @@ async def test_cli_client_commands(cluster: Cluster) -> None:
         [worker] = await cluster.start_servers(workers=1)
         url = ["--url", cluster.url("")]
 
-        submitted = await cluster.run_cli("submit", "echo x", *url)
+        submitted = await cluster.run_cli("submit", "echo x", "--json", *url)
         assert submitted.returncode == 0, submitted.stderr.decode()
         task = json.loads(submitted.stdout)
         task_id = task["task_id"]
@@ -217,10 +217,10 @@ async def test_cli_client_commands(cluster: Cluster) -> None:
 
         unknown = str(uuid.uuid4())
         status, listing, workers, missing = await cluster.run_clis(
-            ["status", task_id, *url],
-            ["tasks", *url],
-            ["workers", *url],
-            ["status", unknown, *url],
+            ["status", task_id, "--json", *url],
+            ["tasks", "--json", *url],
+            ["workers", "--json", *url],
+            ["status", unknown, "--json", *url],
         )
 
         assert status.returncode == 0, status.stderr.decode()

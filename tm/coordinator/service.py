@@ -28,10 +28,11 @@ import structlog
 import trio
 
 from tm import metrics
-from tm.aio.grpc import Code, RpcError, RpcFailed, bridge, connect_peer, serve_grpc, split_address
+from tm.aio.grpc import Code, RpcError, RpcFailed, bridge, connect_peer, serve_grpc
 from tm.aio.pg import Database, DatabaseUnavailable, open_database
 from tm.coordinator.registry import Registry, WorkerLink
 from tm.core import dispatch
+from tm.core.addresses import split_address
 from tm.core.backoff import exponential
 from tm.core.dispatch import Credit
 from tm.core.timefmt import from_micros, to_micros

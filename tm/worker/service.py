@@ -30,14 +30,8 @@ import structlog
 import trio
 
 from tm import metrics
-from tm.aio.grpc import (
-    RpcFailed,
-    bridge,
-    join_address,
-    open_peer,
-    serve_grpc,
-    split_address,
-)
+from tm.aio.grpc import RpcFailed, bridge, open_peer, serve_grpc
+from tm.core.addresses import join_address, split_address
 from tm.core.backoff import exponential
 from tm.core.lifecycle import TIMEOUT
 from tm.proto.gen.taskmaster import v1 as pb
