@@ -50,7 +50,7 @@ dev *args: install
 
 # Start the compose cluster (PostgreSQL, migrate, scheduler, coordinator, workers).
 up workers="3":
-    {{COMPOSE}} up -d --build --scale worker={{workers}}
+    {{COMPOSE}} up -d --build --scale worker={{trim_start_match(workers, "workers=")}}
 
 # Stop the compose cluster (data volume kept).
 down:

@@ -10,7 +10,8 @@ import pytest
 import trio
 import trio_asyncio
 
-from tm.aio.grpc import Code, RpcError, RpcFailed, bridge, join_address, open_peer, serve_grpc
+from tm.aio.grpc import Code, RpcError, RpcFailed, bridge, open_peer, serve_grpc
+from tm.core.addresses import join_address
 from tm.proto.gen.taskmaster.v1 import (
     CancelRequest,
     CancelResponse,

@@ -29,7 +29,7 @@ import click
 import pytest
 import yaml
 
-from tm.aio.grpc import split_address
+from tm.core.addresses import split_address
 from tm.cli import main as tm_cli
 from tm.worker import service as worker_service
 from tm.worker.service import advertised_address
@@ -706,12 +706,6 @@ def test_just_up_scales_workers(justfile_dump: dict[str, Any]) -> None:
         pytest.param(
             ("workers=5",),
             "5",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="justfile defect: after the recipe name just passes `workers=5` as the "
-                "parameter's value, so `just up workers=5` runs `--scale worker=workers=5` "
-                '(fix: `--scale worker={{trim_start_match(workers, "workers=")}}`)',
-            ),
         ),
     ],
 )
