@@ -174,6 +174,7 @@ class Coordinator:
                     attempt=update.attempt,
                     kind=kind,
                     at=_time(update.at_us),
+                    started_at=_time(update.started_at_us) if update.started_at_us > 0 else None,
                     exit_code=update.exit_code,
                     output=update.output.replace("\x00", "") or None,
                     error=update.error.replace("\x00", "") or None,

@@ -81,6 +81,8 @@ class Worker:
         self.address = ""
         self._queue_send, self._queue_receive = trio.open_memory_channel[Held](math.inf)
         self._outbox: list[pb.TaskUpdate] = []
+        # `started` updates still in the outbox and not in flight (see _report).
+        self._unsent_started: dict[str, pb.TaskUpdate] = {}
         self._outbox_ready = trio.Event()
         self._idle = trio.Event()
         self._heartbeat_now = trio.Event()
@@ -168,15 +170,23 @@ class Worker:
     # ------------------------------------------------------------------ execution
 
     def _report(self, held: Held, kind: pb.UpdateKind, **fields: Any) -> None:
-        self._outbox.append(
-            pb.TaskUpdate(
-                task_id=held.task.task_id,
-                attempt=held.task.attempt,
-                kind=kind,
-                at_us=_now_us(),
-                **fields,
-            )
-        )
+        """Queue an update. A result whose `started` update has not been sent yet replaces
+        it (carrying its time), so a fast task costs one update, not two."""
+        task = held.task
+        now = _now_us()
+        started = self._unsent_started.pop(task.task_id, None)
+        if kind != Kind.STARTED and started is not None and started.attempt == task.attempt:
+            started.started_at_us = started.at_us
+            started.kind = kind
+            started.at_us = now
+            for name, value in fields.items():
+                setattr(started, name, value)
+        else:
+            update = pb.TaskUpdate(task_id=task.task_id, attempt=task.attempt, kind=kind,
+                                   at_us=now, **fields)
+            self._outbox.append(update)
+            if kind == Kind.STARTED:
+                self._unsent_started[task.task_id] = update
         self._outbox_ready.set()
 
     def _finish(self, held: Held) -> None:
@@ -328,6 +338,9 @@ class Worker:
             if len(self._outbox) < self.settings.report_batch:
                 await trio.sleep(self.settings.report_flush_s)  # gather a batch
             batch = self._outbox[: self.settings.report_batch]
+            for update in batch:  # in flight from now on: no longer replaceable
+                if update.kind == Kind.STARTED:
+                    self._unsent_started.pop(update.task_id, None)
             self._outbox_ready = trio.Event()
             if len(self._outbox) > len(batch):
                 self._outbox_ready.set()

@@ -291,6 +291,12 @@ class TaskUpdate(betterproto2.Message):
 
     error: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
 
+    started_at_us: "int" = betterproto2.field(8, betterproto2.TYPE_INT64)
+    """
+    When a result (completed/failed/cancelled) stands in for a `started` update that was
+    never sent, the time the execution started; 0 otherwise.
+    """
+
 
 default_message_pool.register_message("taskmaster.v1", "TaskUpdate", TaskUpdate)
 
