@@ -9,7 +9,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-import pytest
 import trio
 
 from tests.api.conftest import open_api
@@ -67,11 +66,8 @@ async def open_unpluggable(database_url: str) -> AsyncIterator[tuple[Unpluggable
     async with trio.open_nursery() as nursery:
         proxy = Unpluggable(nursery, parts.hostname or "127.0.0.1", parts.port or 5432)
         await proxy.plug()
-        netloc = (
-            f"{parts.username}@127.0.0.1:{proxy.port}"
-            if parts.username
-            else (f"127.0.0.1:{proxy.port}")
-        )
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@127.0.0.1:{proxy.port}" if userinfo else f"127.0.0.1:{proxy.port}"
         yield proxy, urlunsplit(parts._replace(netloc=netloc))
         nursery.cancel_scope.cancel()
 
@@ -129,52 +125,46 @@ async def test_database_unreachable_is_503_and_recovers(shared_database_url: str
             assert task_response(fetched, 200) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tm/aio/pg.py _UNAVAILABLE lacks asyncpg ObjectNotInPrerequisiteStateError "
-    "(55000): every route answers 500 'internal error', /readyz too, instead of 503",
-)
+async def run_admin(server_url: str, *statements: str) -> None:
+    """Statements on the server's `postgres` database, from a thread (asyncpg on asyncio)."""
+    with trio.CancelScope(shield=True), trio.fail_after(20):  # also runs during cleanup
+        await trio.to_thread.run_sync(admin, server_url, *statements)
+
+
+def terminate_sessions(name: str) -> str:
+    return (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+    )
+
+
 async def test_database_refusing_connections_is_503(database_url: str, pg_server_url: str) -> None:
     """The server is up but the database refuses connections (SQLSTATE 55000, as with
     ALLOW_CONNECTIONS false; 57P03 while it starts up is similar)."""
     name = urlsplit(database_url).path.lstrip("/")
-    terminate = (
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-    )
-    try:
-        with trio.fail_after(45):
-            async with open_api(SchedulerSettings(database_url=database_url)) as api:
-                task_response(await api.post("/tasks", json={"command": "x"}), 201)
-                await trio.to_thread.run_sync(
-                    admin,
+    with trio.fail_after(45):
+        async with open_api(SchedulerSettings(database_url=database_url)) as api:
+            task_response(await api.post("/tasks", json={"command": "x"}), 201)
+            try:
+                await run_admin(
                     pg_server_url,
                     f"ALTER DATABASE {name} ALLOW_CONNECTIONS false",
-                    terminate,
+                    terminate_sessions(name),
                 )
                 await assert_down(api)
-                await trio.to_thread.run_sync(
-                    admin, pg_server_url, f"ALTER DATABASE {name} ALLOW_CONNECTIONS true"
-                )
-                await assert_back_by_itself(api)
-    finally:
-        await trio.to_thread.run_sync(
-            admin, pg_server_url, f"ALTER DATABASE {name} ALLOW_CONNECTIONS true"
-        )
+            finally:
+                await run_admin(pg_server_url, f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+            await assert_back_by_itself(api)
 
 
 async def test_backends_killed_is_not_a_500(database_url: str, pg_server_url: str) -> None:
     """PostgreSQL ends the pool's sessions (admin shutdown of the backends, failover):
     requests right after are a 503 at worst, then the API goes on by itself."""
     name = urlsplit(database_url).path.lstrip("/")
-    terminate = (
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-    )
     with trio.fail_after(45):
         async with open_api(SchedulerSettings(database_url=database_url)) as api:
             task_response(await api.post("/tasks", json={"command": "x"}), 201)
-            await trio.to_thread.run_sync(admin, pg_server_url, terminate)
+            await run_admin(pg_server_url, terminate_sessions(name))
             for _ in range(3):
                 response = await api.post("/tasks", json={"command": "y"})
                 assert response.status_code in (201, 503), response.text

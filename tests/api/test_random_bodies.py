@@ -3,8 +3,9 @@ batch of them) or a 400 JSON error — never a 500, never a stack trace.
 
 Bodies are drawn with a seeded `random.Random` (hypothesis drives one `trio.run` per
 example, and a server start per example is too slow), so a failure names its seed and
-index and is replayed exactly. It runs on its own database so that a stored row the API
-cannot render would show up in the listing at the end, and not break other tests. `TM_API_FUZZ_SEED=<n>` explores other seeds.
+index and is replayed exactly; `TM_API_FUZZ_SEED=<n>` explores other seeds. It runs on its
+own database, so that a stored row the API cannot render shows up in the listing at the
+end and does not break other tests.
 """
 
 from __future__ import annotations

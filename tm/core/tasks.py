@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -21,6 +21,10 @@ MAX_IDEMPOTENCY_KEY = 200
 MAX_BATCH = 10_000
 MAX_ATTEMPTS_LIMIT = 100
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
+# Times outside this range are refused: the extremes of Python's datetime are stored by
+# the driver as ±infinity, and nobody schedules work before 1970.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 class Status(StrEnum):
@@ -131,6 +135,8 @@ def parse_new_task(body: object, new_id: uuid.UUID) -> NewTask:
             scheduled_at = parse_time(raw_at, "scheduled_at")
         except TimeFormatError as exc:
             raise InvalidInput(str(exc)) from None
+        if not EARLIEST <= scheduled_at < LATEST:
+            raise InvalidInput("scheduled_at must be between 1970-01-01 and 9999-01-01 (UTC)")
 
     max_attempts = _int_field(body, "max_attempts", 1, 1, MAX_ATTEMPTS_LIMIT)
 

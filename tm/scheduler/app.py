@@ -109,7 +109,8 @@ def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -
     """The API over `db`; single-task inserts go through `ingest` (group commit)."""
     app = QuartTrio("tm.scheduler")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
+    # OPTIONS would answer an empty text/html body; without it, a JSON 405 says what's allowed.
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     QuartSchema(
         app,
         info={"title": "TaskMaster", "version": __version__,
@@ -165,6 +166,9 @@ def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -
             413: f"request body is larger than {MAX_BODY_BYTES} bytes",
         }
         response = error_response(status, messages.get(status, exc.description or exc.name))
+        if status == 413:
+            # The unread rest of the body would be taken for the next request: close.
+            response.headers["Connection"] = "close"
         if status == 405 and exc.response is None:
             allowed = getattr(exc, "valid_methods", None)
             if allowed:
@@ -258,10 +262,9 @@ def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -
                 allowed = ", ".join(s.value for s in Status)
                 raise ApiError(400, f"status must be one of: {allowed}") from None
         raw_limit = request.args.get("limit", str(DEFAULT_PAGE))
-        try:
-            limit = int(raw_limit)
-        except ValueError:
-            raise ApiError(400, "limit must be an integer") from None
+        if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 7):
+            raise ApiError(400, "limit must be an integer")
+        limit = int(raw_limit)
         if not 1 <= limit <= MAX_PAGE:
             raise ApiError(400, f"limit must be between 1 and {MAX_PAGE}")
         after = request.args.get("after") or None
