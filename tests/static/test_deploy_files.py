@@ -29,8 +29,8 @@ import click
 import pytest
 import yaml
 
-from tm.core.addresses import split_address
 from tm.cli import main as tm_cli
+from tm.core.addresses import split_address
 from tm.worker import service as worker_service
 from tm.worker.service import advertised_address
 
