@@ -34,6 +34,7 @@ import trio_asyncio
 
 from tm.aio.pg import Database, open_database
 from tm.bench.cluster import BenchCluster
+from tm.bench.load import build_request, run_load
 from tm.core.timefmt import format_time
 
 
@@ -124,32 +125,15 @@ FAR = "2999-01-01T00:00:00Z"
 
 
 async def bench_ingest_single(url: str, plan: BenchPlan, progress: Progress) -> tuple[float, int]:
-    done = 0
-    errors = 0
-    deadline = trio.current_time() + plan.ingest_seconds
-
-    async def client_loop(client: httpx.AsyncClient) -> None:
-        nonlocal done, errors
-        while trio.current_time() < deadline:
-            response = await client.post("/tasks", json={"command": "bench", "scheduled_at": FAR})
-            if response.status_code == 201:
-                done += 1
-            else:
-                errors += 1
-
-    start = trio.current_time()
-    limits = httpx.Limits(max_connections=plan.ingest_concurrency)
-    async with (
-        httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client,
-        trio.open_nursery() as nursery,
-    ):
-        for _ in range(plan.ingest_concurrency):
-            nursery.start_soon(client_loop, client)
-        while trio.current_time() < deadline:
-            progress.step("single-task ingest", (trio.current_time() - start) / plan.ingest_seconds)
-            await trio.sleep(0.25)
+    """POST /tasks, one task per request, from `ingest_concurrency` keep-alive connections."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    body = json.dumps({"command": "bench", "scheduled_at": FAR}).encode()
+    request = build_request("POST", f"{host}:{port}", "/tasks", body)
+    progress.step("single-task ingest", 0.0)
+    result = await run_load(host, int(port), request, concurrency=plan.ingest_concurrency,
+                            seconds=plan.ingest_seconds, expect=201)
     progress.step("single-task ingest", 1.0)
-    return done / (trio.current_time() - start), errors
+    return result.per_second, result.errors
 
 
 async def bench_ingest_batch(url: str, plan: BenchPlan, progress: Progress) -> float:
