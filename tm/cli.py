@@ -16,6 +16,7 @@ from tm.settings import (
     SchedulerSettings,
     WorkerSettings,
 )
+from tm.tls import TlsFiles
 
 F = Callable[..., Any]
 
@@ -57,6 +58,27 @@ def metrics_option(fn: F) -> F:
         callback=_address,
         help="Serve Prometheus metrics at http://ADDR/metrics [default: not served].",
     )(fn)
+
+
+def tls_options(fn: F) -> F:
+    for name, help_text in reversed([
+        ("--tls-cert", "This process's certificate (PEM) for gRPC over TLS."),
+        ("--tls-key", "Its private key (PEM)."),
+        ("--tls-ca", "CA certificate (PEM) that peers' certificates must be signed by; "
+                     "with it, TLS is mutual."),
+    ]):
+        envvar = "TM_" + name.removeprefix("--").replace("-", "_").upper()
+        fn = click.option(name, envvar=envvar, show_envvar=True, default=None,
+                          type=click.Path(exists=True, dir_okay=False), help=help_text)(fn)
+    return fn
+
+
+def _tls(cert: str | None, key: str | None, ca: str | None) -> TlsFiles | None:
+    if not cert and not key and not ca:
+        return None
+    if not cert or not key:
+        raise click.UsageError("gRPC TLS needs both --tls-cert and --tls-key")
+    return TlsFiles(cert, key, ca)
 
 
 def grace_option(default: float) -> Callable[[F], F]:
@@ -199,6 +221,7 @@ def _coordinator_settings(
 )
 @coordinator_options
 @metrics_option
+@tls_options
 @database_option
 @grace_option(5.0)
 def coordinator(
@@ -207,6 +230,9 @@ def coordinator(
     heartbeat_interval: float,
     lease: float,
     metrics_addr: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
     database_url: str,
     grace: float,
 ) -> None:
@@ -219,6 +245,7 @@ def coordinator(
         _coordinator_settings(database_url, grpc_addr, heartbeat_timeout, heartbeat_interval,
                               lease),
         metrics_addr=metrics_addr,
+        tls=_tls(tls_cert, tls_key, tls_ca),
     )
 
     async def main_(stop: trio.Event) -> None:
@@ -309,6 +336,9 @@ def worker_options(fn: F) -> F:
 )
 @worker_options
 @metrics_option
+@tls_options
+@click.option("--run-as", envvar="TM_RUN_AS", show_envvar=True, default=None,
+              help="Run shell commands as this user (the worker must run as root).")
 def worker(
     coordinator_addr: str,
     grpc_addr: str,
@@ -319,8 +349,13 @@ def worker(
     executor: str,
     drain_grace: float,
     metrics_addr: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
+    run_as: str | None,
 ) -> None:
     """Run tasks pushed by the coordinator."""
+    from tm.worker.executors import make_executor
     from tm.worker.service import serve_worker
 
     settings = WorkerSettings(
@@ -333,7 +368,13 @@ def worker(
         worker_id=worker_id,
         drain_grace_s=drain_grace,
         metrics_addr=metrics_addr,
+        tls=_tls(tls_cert, tls_key, tls_ca),
+        run_as=run_as,
     )
+    try:
+        make_executor(executor, run_as)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--run-as / --executor") from None
 
     async def main_(stop: trio.Event) -> None:
         await serve_worker(settings, stop=stop)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tm.tls import TlsFiles
+
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/taskmaster"
 
 
@@ -36,6 +38,7 @@ class CoordinatorSettings:
     pool_size: int = 10
     # Serve Prometheus metrics on this address (None: not served).
     metrics_addr: str | None = None
+    tls: TlsFiles | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +56,6 @@ class WorkerSettings:
     drain_grace_s: float = 30.0
     rpc_timeout_s: float = 5.0
     metrics_addr: str | None = None
+    tls: TlsFiles | None = None
+    # Run shell commands as this user (when the worker runs as root).
+    run_as: str | None = None

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -226,6 +226,7 @@ class Cluster:
         wait: bool = True,
         address: str | None = None,
         name: str = "coordinator",
+        extra: Sequence[str] = (),
     ) -> Proc:
         """`tm coordinator` on a free port; returns once it accepts TCP connections (if `wait`).
 
@@ -247,6 +248,7 @@ class Cluster:
         ]
         if lease is not None:
             args += ["--lease", str(lease)]
+        args += list(extra)
         proc = await self.spawn(name, args, address=address)
         self.coordinator = proc
         self.grpc_addr = address
@@ -279,6 +281,7 @@ class Cluster:
         drain_grace: float | None = None,
         coordinator: str | None = None,
         queue_size: int | None = None,
+        extra: Sequence[str] = (),
     ) -> Proc:
         """`tm worker` against the coordinator (or `coordinator`); does not wait for it."""
         coordinator = coordinator or self.grpc_addr
@@ -302,6 +305,7 @@ class Cluster:
             args += ["--drain-grace", str(drain_grace)]
         if queue_size is not None:
             args += ["--queue-size", str(queue_size)]
+        args += list(extra)
         return await self.spawn(f"worker-{worker_id}", args, worker_id=worker_id)
 
     async def start_workers(self, count: int, **options: Any) -> list[Proc]:

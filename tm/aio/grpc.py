@@ -18,6 +18,7 @@ import inspect
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import Enum
+from ssl import SSLContext
 from typing import Any, TypeVar
 
 import structlog
@@ -118,12 +119,14 @@ async def serve_grpc(
     host: str,
     port: int,
     *,
+    ssl: SSLContext | None = None,
     grace: float = 2.0,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve bridged `services` on host:port until cancelled; reports the bound address."""
+    """Serve bridged `services` on host:port (TLS with `ssl`) until cancelled; reports the
+    bound address."""
     server = TrackingServer(services)
-    await trio_asyncio.aio_as_trio(server.start)(host, port)
+    await trio_asyncio.aio_as_trio(server.start)(host, port, ssl=ssl)
     listener: Any = server._server  # an asyncio.Server once started
     bound = listener.sockets[0].getsockname()
     task_status.started((bound[0], bound[1]))
@@ -169,20 +172,22 @@ class Peer:
         self._channel.close()
 
 
-def connect_peer(stub_class: type[Any], address: str) -> Peer:
-    """A channel to `address` (connects lazily on first call, reconnects by itself).
-
-    Must be called inside `trio_asyncio.open_loop()`; close it with `Peer.close()`.
+def connect_peer(stub_class: type[Any], address: str, ssl: SSLContext | None = None) -> Peer:
+    """A channel to `address` (connects lazily on first call, reconnects by itself), over
+    TLS with `ssl`. Must be called inside `trio_asyncio.open_loop()`; close it with
+    `Peer.close()`.
     """
     host, port = split_address(address)
-    channel = Channel(host, port)
+    channel = Channel(host, port, ssl=ssl)
     return Peer(channel, stub_class(channel), address)
 
 
 @contextlib.asynccontextmanager
-async def open_peer(stub_class: type[Any], address: str) -> AsyncIterator[Peer]:
+async def open_peer(
+    stub_class: type[Any], address: str, ssl: SSLContext | None = None
+) -> AsyncIterator[Peer]:
     """`connect_peer` for the duration of the block."""
-    peer = connect_peer(stub_class, address)
+    peer = connect_peer(stub_class, address, ssl)
     try:
         yield peer
     finally:

@@ -23,11 +23,12 @@ import random
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import partial
 
 import structlog
 import trio
 
-from tm import metrics
+from tm import metrics, tls
 from tm.aio.grpc import Code, RpcError, RpcFailed, bridge, connect_peer, serve_grpc
 from tm.aio.pg import Database, DatabaseUnavailable, open_database
 from tm.coordinator.registry import Registry, WorkerLink
@@ -65,6 +66,7 @@ class Coordinator:
         self.id = f"c-{uuid.uuid4().hex[:10]}"
         self.registry = Registry()
         self._nursery = nursery
+        self._client_tls = tls.client_context(settings.tls) if settings.tls else None
         self._wake = trio.Event()
         self._rotation = 0
 
@@ -100,7 +102,7 @@ class Coordinator:
         link = WorkerLink(
             worker_id=request.worker_id,
             address=request.address,
-            peer=connect_peer(pb.WorkerServiceStub, request.address),
+            peer=connect_peer(pb.WorkerServiceStub, request.address, self._client_tls),
             credit=credit,
             concurrency=request.concurrency,
         )
@@ -538,9 +540,11 @@ async def serve_coordinator(
         await migrate(db)
         async with trio.open_nursery() as nursery:
             coordinator = Coordinator(settings, db, nursery)
-            bound = await nursery.start(
-                serve_grpc, [bridge(pb.CoordinatorServiceBase, coordinator)], host, port
-            )
+            server_tls = tls.server_context(settings.tls) if settings.tls else None
+            bound = await nursery.start(partial(
+                serve_grpc, [bridge(pb.CoordinatorServiceBase, coordinator)], host, port,
+                ssl=server_tls,
+            ))
             nursery.start_soon(coordinator.dispatch_forever)
             nursery.start_soon(coordinator.follow_notifications)
             nursery.start_soon(coordinator.reap)

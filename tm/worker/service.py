@@ -24,19 +24,20 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import structlog
 import trio
 
-from tm import metrics
+from tm import metrics, tls
 from tm.aio.grpc import RpcFailed, bridge, open_peer, serve_grpc
 from tm.core.addresses import join_address, split_address
 from tm.core.backoff import exponential
 from tm.core.lifecycle import TIMEOUT
 from tm.proto.gen.taskmaster import v1 as pb
 from tm.settings import WorkerSettings
-from tm.worker.executors import EXECUTORS, Executor
+from tm.worker.executors import Executor, make_executor
 
 log = structlog.get_logger("tm.worker")
 
@@ -388,18 +389,19 @@ async def serve_worker(
 
     Reports the advertised address. Must run inside `trio_asyncio.open_loop()`.
     """
-    if settings.executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {settings.executor!r}; use one of {sorted(EXECUTORS)}")
-    worker = Worker(settings, EXECUTORS[settings.executor])
+    worker = Worker(settings, make_executor(settings.executor, settings.run_as))
     host, port = split_address(settings.grpc_addr)
     async with trio.open_nursery() as nursery:
-        bound = await nursery.start(serve_grpc, [bridge(pb.WorkerServiceBase, worker)], host, port)
+        server_tls = tls.server_context(settings.tls) if settings.tls else None
+        client_tls = tls.client_context(settings.tls) if settings.tls else None
+        bound = await nursery.start(partial(
+            serve_grpc, [bridge(pb.WorkerServiceBase, worker)], host, port, ssl=server_tls))
         worker.address = settings.advertise or advertised_address(bound[0], bound[1])
         worker.watch_metrics()
         if settings.metrics_addr:
             await nursery.start(metrics.serve_metrics, settings.metrics_addr)
         async with (
-            open_peer(pb.CoordinatorServiceStub, settings.coordinator) as peer,
+            open_peer(pb.CoordinatorServiceStub, settings.coordinator, client_tls) as peer,
             trio.open_nursery() as work,
         ):
             for _ in range(settings.concurrency):
