@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -81,14 +82,36 @@ def _run(command: list[str], prefix: list[str], log: Path) -> None:
         raise DevDatabaseError(f"{Path(command[0]).name} failed ({result.returncode}):\n{tail}")
 
 
+def _reachable_by_others(path: Path) -> bool:
+    """Whether a user other than the owner can traverse every directory above `path`."""
+    return all(parent.stat().st_mode & 0o001 for parent in path.resolve().parents)
+
+
+def cluster_dir(root: Path) -> Path:
+    """Where the cluster of `root` lives: `root` itself, unless we run as root and the
+    `postgres` user could not reach it (e.g. under a 0700 home directory). Then it is a
+    directory of its own under /var/tmp named after `root`'s path (so it is found again
+    next time), recorded in `root/pgdata-location`."""
+    if os.geteuid() != 0 or _reachable_by_others(root):
+        return root
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    place = Path("/var/tmp") / f"taskmaster-dev-{digest}"
+    (root / "pgdata-location").write_text(f"{place}\n")
+    return place
+
+
 @contextlib.contextmanager
 def run_postgres(root: Path, *, port: int | None = None, fast: bool = True) -> Iterator[str]:
-    """Start (initialising on first use) a cluster in `root/pgdata`; yields its URL.
+    """Start (initialising on first use) a cluster in `root/pgdata` (see `cluster_dir`);
+    yields its URL.
 
     The port is remembered in `root/port` so the URL stays the same between runs. With
     `fast`, durability is traded for speed (fsync off): right for tests and development.
     """
     bin_dir = find_bin_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    port_file = root / "port"
+    root = cluster_dir(root)
     root.mkdir(parents=True, exist_ok=True)
     data = root / "pgdata"
     log = root / "postgres.log"
@@ -97,9 +120,8 @@ def run_postgres(root: Path, *, port: int | None = None, fast: bool = True) -> I
     if os.geteuid() == 0:
         user = _ensure_user()
         prefix = ["runuser", "-u", RUN_AS, "--"]
-        for path in (root, *(p for p in root.rglob("*"))):
+        for path in (root, log):
             os.chown(path, user.pw_uid, user.pw_gid)
-    port_file = root / "port"
     if port is None:
         port = int(port_file.read_text()) if port_file.exists() else free_port()
     if not (data / "PG_VERSION").exists():

@@ -319,10 +319,15 @@ class Cluster:
         listed = await self.wait_workers(len(workers))
         assert {w["worker_id"] for w in listed} == {p.worker_id for p in workers}, listed
 
-    async def start_dev(self, *, workers: int = 2) -> Proc:
-        """`tm dev` as one process; returns once its HTTP API answers."""
+    async def start_dev(self, *, workers: int = 2, data_dir: Path | None = None) -> Proc:
+        """`tm dev` as one process; returns once its HTTP API answers.
+
+        With `data_dir`, no database URL is given: `tm dev` runs its private PostgreSQL there.
+        """
         http = f"127.0.0.1:{free_port()}"
         grpc = f"127.0.0.1:{free_port()}"
+        database = (["--data-dir", str(data_dir)] if data_dir is not None
+                    else ["--database-url", self.database_url])
         proc = await self.spawn(
             "dev",
             [
@@ -333,8 +338,7 @@ class Cluster:
                 http,
                 "--grpc-addr",
                 grpc,
-                "--database-url",
-                self.database_url,
+                *database,
             ],
             address=http,
         )
