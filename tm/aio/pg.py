@@ -158,11 +158,24 @@ class Database:
                 await trio_asyncio.aio_as_trio(disconnect)()
 
 
+async def _keep_session(conn: Any) -> None:
+    """Pool `reset` hook: roll back a transaction left open (cancelled mid-way), else
+    nothing.
+
+    asyncpg's default reset costs a round trip on every release (RESET ALL, UNLISTEN *,
+    ...). Our connections never change session state: advisory locks are
+    transaction-scoped and `listen` removes its listener itself.
+    """
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 async def _create_pool(url: str, min_size: int, max_size: int) -> Any:
     return await asyncpg.create_pool(
         url,
         min_size=min_size,
         max_size=max_size,
+        reset=_keep_session,
         command_timeout=30,
         max_inactive_connection_lifetime=60,
         server_settings={"application_name": "taskmaster", "timezone": "UTC"},

@@ -68,6 +68,9 @@ async def insert_tasks(db: Database, tasks: Sequence[NewTask]) -> list[Inserted]
     keys = [t.idempotency_key for t in tasks if t.idempotency_key is not None]
 
     async def work(conn: Connection) -> list[Inserted]:
+        # One statement, atomic by itself: no BEGIN/COMMIT round trips. Rows skipped for a
+        # known idempotency key were committed by someone else and are visible to the
+        # statement that follows.
         rows = await conn.fetch(INSERT_TASKS, *columns)
         by_id = {row["task_id"]: row for row in rows}
         by_key: dict[str, Any] = {}
@@ -85,7 +88,7 @@ async def insert_tasks(db: Database, tasks: Sequence[NewTask]) -> list[Inserted]
                 raise RuntimeError(f"task {task.task_id} was neither inserted nor found")
         return out
 
-    return await db.transaction(work)
+    return await db.run(work)
 
 
 async def get_task(db: Database, task_id: uuid.UUID) -> Any:
