@@ -99,7 +99,7 @@ def main() -> None:
     """TaskMaster: a distributed task scheduler.
 
     Servers: scheduler (HTTP API), coordinator (dispatch), worker (execution), dev (all in
-    one process). Clients: submit, status, tasks, cancel, workers, watch.
+    one process). Clients: submit, status, tasks, cancel, workers, watch, schedules.
     """
     logs.configure()
 
@@ -220,6 +220,16 @@ def _coordinator_settings(
     help="Address workers connect to.",
 )
 @coordinator_options
+@click.option(
+    "--schedule-grace",
+    envvar="TM_SCHEDULE_GRACE",
+    show_envvar=True,
+    type=click.FloatRange(min=0.5),
+    default=5.0,
+    show_default=True,
+    help="A recurring schedule's occurrence up to this old (seconds) still runs; older ones "
+    "were missed while no coordinator ran, and the schedule's catch_up decides.",
+)
 @metrics_option
 @tls_options
 @database_option
@@ -229,6 +239,7 @@ def coordinator(
     heartbeat_timeout: float,
     heartbeat_interval: float,
     lease: float,
+    schedule_grace: float,
     metrics_addr: str | None,
     tls_cert: str | None,
     tls_key: str | None,
@@ -246,6 +257,7 @@ def coordinator(
                               lease),
         metrics_addr=metrics_addr,
         tls=_tls(tls_cert, tls_key, tls_ca),
+        schedule_grace_s=schedule_grace,
     )
 
     async def main_(stop: trio.Event) -> None:

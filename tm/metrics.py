@@ -51,6 +51,13 @@ TASKS_RECOVERED = Counter("tm_tasks_recovered_total",
 WORKERS = Gauge("tm_workers", "Workers registered with this coordinator.")
 WORKER_FREE_SLOTS = Gauge("tm_worker_free_slots",
                           "Free slots a worker advertised (coordinator's view).", ["worker_id"])
+SCHEDULE_OCCURRENCES = Counter(
+    "tm_schedule_occurrences_total",
+    "Occurrences of recurring schedules decided by this coordinator: created (a task), "
+    "skipped (overlap) or missed (catch_up).", ["outcome"])
+SCHEDULE_LATENESS = Histogram(
+    "tm_schedule_lateness_seconds", "Fire time to task creation, per created occurrence.",
+    buckets=LATENCY_BUCKETS)
 
 # worker
 QUEUE_DEPTH = Gauge("tm_worker_queue_depth", "Tasks held by a worker, not yet started.",

@@ -39,6 +39,9 @@ class CoordinatorSettings:
     # Serve Prometheus metrics on this address (None: not served).
     metrics_addr: str | None = None
     tls: TlsFiles | None = None
+    # A recurring schedule's occurrence at most this old is on time; older ones were
+    # missed while no coordinator ran, and the schedule's catch_up decides about them.
+    schedule_grace_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)

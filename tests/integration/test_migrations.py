@@ -39,6 +39,8 @@ TASK_COLUMNS = {
     "exit_code": "integer",
     "output": "text",
     "error": "text",
+    "schedule_name": "text",
+    "fire_at": "timestamp with time zone",
 }
 
 WORKER_COLUMNS = {
@@ -102,7 +104,8 @@ async def test_migrate_creates_schema(empty_database_url: str) -> None:
             assert any("UNIQUE" in d and "(idempotency_key)" in d for d in indexes.values())
 
             recorded = await db.fetch("SELECT version, name FROM schema_migrations")
-            assert [(r["version"], r["name"]) for r in recorded] == [(1, "tasks")]
+            assert [(r["version"], r["name"]) for r in recorded] == [(1, "tasks"),
+                                                                      (2, "schedules")]
 
             # the due-task index is what a claim scan uses, however much history there is
             # (an empty table has no statistics: forbid seq scans so the plan is deterministic;
@@ -123,7 +126,7 @@ async def test_migrate_twice_applies_nothing(empty_database_url: str) -> None:
         async with open_db(empty_database_url) as db:
             assert await migrate(db) != []
             assert await migrate(db) == []
-            assert await db.fetchval("SELECT count(*) FROM schema_migrations") == 1
+            assert await db.fetchval("SELECT count(*) FROM schema_migrations") == 2
 
 
 async def test_concurrent_migrations_apply_once(empty_database_url: str) -> None:
@@ -139,10 +142,10 @@ async def test_concurrent_migrations_apply_once(empty_database_url: str) -> None
             for _ in range(4):
                 nursery.start_soon(one)
         assert len(results) == 4
-        assert sorted(results, key=len) == [[], [], [], [1]]
+        assert sorted(results, key=len) == [[], [], [], [1, 2]]
         async with open_db(empty_database_url) as db:
             rows = await db.fetch("SELECT version FROM schema_migrations")
-            assert [r["version"] for r in rows] == [1]
+            assert sorted(r["version"] for r in rows) == [1, 2]
             assert await db.fetchval("SELECT count(*) FROM tasks") == 0
 
 
@@ -156,7 +159,7 @@ async def test_migrate_cli(empty_database_url: str) -> None:
             check=False,
         )
         assert done.returncode == 0, done.stderr.decode()
-        assert json.loads(done.stdout.decode().strip().splitlines()[-1]) == {"applied": [1]}
+        assert json.loads(done.stdout.decode().strip().splitlines()[-1]) == {"applied": [1, 2]}
 
         again = await trio.run_process(
             [sys.executable, "-m", "tm", "migrate"],
@@ -170,4 +173,4 @@ async def test_migrate_cli(empty_database_url: str) -> None:
         assert json.loads(again.stdout.decode().strip().splitlines()[-1]) == {"applied": []}
 
         async with open_db(empty_database_url) as db:
-            assert await db.fetchval("SELECT count(*) FROM schema_migrations") == 1
+            assert await db.fetchval("SELECT count(*) FROM schema_migrations") == 2

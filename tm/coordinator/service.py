@@ -9,7 +9,9 @@ The nursery tree:
     ├── pushes          one short task per batch pushed to a worker
     ├── watch[worker]   one per worker: its heartbeat deadline as a cancel scope
     ├── reaper          recovers tasks whose lease expired (their coordinator is gone)
-    └── cancel relay    LISTEN tm_cancel: stops cancelled tasks on the worker holding them
+    ├── cancel relay    LISTEN tm_cancel: stops cancelled tasks on the worker holding them
+    └── recurring       creates the tasks of recurring schedules' occurrences
+                        (tm.coordinator.recurring)
 
 Invariants: no database lock is held while talking to a worker; a worker is never pushed
 more tasks than its credit (tm.core.dispatch); a task that was not certainly delivered is
@@ -31,6 +33,7 @@ import trio
 from tm import metrics, tls
 from tm.aio.grpc import Code, RpcError, RpcFailed, bridge, connect_peer, serve_grpc
 from tm.aio.pg import Database, DatabaseUnavailable, open_database
+from tm.coordinator.recurring import serve_recurring
 from tm.coordinator.registry import Registry, WorkerLink
 from tm.core import dispatch
 from tm.core.addresses import split_address
@@ -548,6 +551,7 @@ async def serve_coordinator(
             nursery.start_soon(coordinator.dispatch_forever)
             nursery.start_soon(coordinator.follow_notifications)
             nursery.start_soon(coordinator.reap)
+            nursery.start_soon(serve_recurring, settings, db, coordinator.id)
             metrics.WORKERS.set_function(lambda: len(coordinator.registry))
             metrics.watch_pool("coordinator", db.statistics)
             if settings.metrics_addr:

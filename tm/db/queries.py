@@ -113,11 +113,25 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 async def list_tasks(
-    db: Database, *, status: Status | None, limit: int, after: str | None
+    db: Database,
+    *,
+    status: Status | None,
+    limit: int,
+    after: str | None,
+    schedule: str | None = None,
 ) -> tuple[list[Any], str | None]:
-    """A page of tasks, newest first, and the cursor of the next page (None at the end)."""
+    """A page of tasks, newest first, and the cursor of the next page (None at the end).
+
+    With `schedule`, only the tasks that schedule created, with their `schedule_name` and
+    `fire_at` columns.
+    """
     where: list[str] = []
     args: list[Any] = []
+    columns = TASK_COLUMNS
+    if schedule is not None:
+        args.append(schedule)
+        where.append(f"schedule_name = ${len(args)}")
+        columns += ", schedule_name, fire_at"
     if status is not None:
         args.append(status.value)
         where.append(f"status = ${len(args)}")
@@ -127,7 +141,7 @@ async def list_tasks(
         where.append(f"(created_at, task_id) < (${len(args) - 1}, ${len(args)})")
     args.append(limit + 1)
     query = (
-        f"SELECT {TASK_COLUMNS} FROM tasks"
+        f"SELECT {columns} FROM tasks"
         + (f" WHERE {' AND '.join(where)}" if where else "")
         + f" ORDER BY created_at DESC, task_id DESC LIMIT ${len(args)}"
     )
