@@ -140,3 +140,29 @@ def watch_line(task: Mapping[str, Any]) -> str:
     if task.get("error") is not None:
         parts.append(f"error={one_line(show(task.get('error')), 200)}")
     return _GAP.join(parts)
+
+
+SCHEDULE_COLUMNS = ("NAME", "CRON", "TIMEZONE", "STATE", "NEXT_FIRE_AT", "LAST_FIRE_AT",
+                    "COMMAND")
+
+
+def schedules_table(schedules: Sequence[Mapping[str, Any]], width: int) -> str:
+    """One schedule a line; the command column gets what `width` leaves (at least 20)."""
+    if not schedules:
+        return "no schedules"
+    rows = [
+        [
+            show(s.get("name")),
+            one_line(show(s.get("cron")), 40),
+            show(s.get("timezone")),
+            "paused" if s.get("paused") else "active",
+            short_time(s.get("next_fire_at")),
+            short_time(s.get("last_fire_at")),
+        ]
+        for s in schedules
+    ]
+    fixed = [max(len(r[i]) for r in [list(SCHEDULE_COLUMNS), *rows]) for i in range(len(rows[0]))]
+    command_width = max(MIN_COMMAND_WIDTH, width - sum(fixed) - len(_GAP) * len(fixed))
+    for row, schedule in zip(rows, schedules, strict=True):
+        row.append(one_line(show(schedule.get("command")), command_width))
+    return table(SCHEDULE_COLUMNS, rows)

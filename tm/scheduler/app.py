@@ -296,6 +296,12 @@ def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -
         rows = await queries.list_workers(db, settings.worker_timeout_s)
         return json_response({"workers": [worker_json(r) for r in rows]})
 
+    # ------------------------------------------------------------ recurring schedules
+
+    from tm.scheduler.schedules import register_schedule_routes  # imports this module
+
+    register_schedule_routes(app, db)
+
     # ------------------------------------------------------------ health
 
     @app.get("/metrics")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tm.core.schedules import SCHEDULE_FIELDS
 from tm.core.tasks import TASK_FIELDS
 from tm.core.timefmt import format_time
 
@@ -43,3 +44,23 @@ def worker_json(row: Any) -> dict[str, Any]:
         "free_slots": row["free_slots"],
         "last_heartbeat_at": format_time(row["last_heartbeat_at"]),
     }
+
+
+_SCHEDULE_TIME_FIELDS = frozenset({"created_at", "updated_at", "next_fire_at", "last_fire_at"})
+
+
+def schedule_json(row: Any) -> dict[str, Any]:
+    """A schedule row as the API shows it: every field, times in UTC with microseconds."""
+    out: dict[str, Any] = {}
+    for field in SCHEDULE_FIELDS:
+        value = row[field]
+        if field in _SCHEDULE_TIME_FIELDS:
+            value = format_time(value)
+        out[field] = value
+    return out
+
+
+def run_json(row: Any) -> dict[str, Any]:
+    """A task a schedule created: the task object plus its `schedule` and `fire_at`."""
+    return {**task_json(row), "schedule": row["schedule_name"],
+            "fire_at": format_time(row["fire_at"])}

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel
 from quart_schema import OpenAPIProvider
 from werkzeug.routing.converters import BaseConverter
 
+from tm.core.recurrence import MAX_EXPRESSION, MAX_TIMEZONE
+from tm.core.schedules import NAME_PATTERN
 from tm.core.tasks import (
     MAX_ATTEMPTS_LIMIT,
     MAX_BATCH,
@@ -27,13 +29,16 @@ StatusName = Literal["scheduled", "picked", "running", "completed", "failed", "c
 
 
 class OpenAPI(OpenAPIProvider):
-    """Path parameters named task_id are UUIDs (Quart's converter is a plain string, so
-    that a malformed id can be answered with a 400 that says so rather than a 404)."""
+    """Path parameters named task_id are UUIDs, and `name` is a schedule name (Quart's
+    converter is a plain string, so that a malformed one can be answered with a 400 that
+    says so rather than a 404)."""
 
     def build_path_parameter(self, name: str, converter: BaseConverter) -> dict[str, Any]:
         parameter = super().build_path_parameter(name, converter)
         if name == "task_id":
             parameter["schema"] = {"type": "string", "format": "uuid"}
+        elif name == "name":
+            parameter["schema"] = {"type": "string", "pattern": NAME_PATTERN}
         return parameter
 
 
@@ -131,3 +136,94 @@ class ListQuery(BaseModel):
 
 class Created(RootModel[Task | TaskBatch]):
     """The new task, or {"tasks": [...]} in input order for a batch."""
+
+
+# ---------------------------------------------------------------------------- schedules
+
+OverlapName = Literal["allow", "skip"]
+CatchUpName = Literal["none", "latest", "all"]
+
+
+class ScheduleFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str = Field(
+        min_length=1, max_length=MAX_EXPRESSION,
+        description="5 fields (minute hour day-of-month month day-of-week), 6 with seconds "
+        "first, @hourly/@daily/@weekly/@monthly/@yearly, or '@every 30s'.")
+    timezone: str = Field("UTC", max_length=MAX_TIMEZONE,
+                          description="IANA time zone the cron fields are read in.")
+    command: str = Field(min_length=1, max_length=MAX_COMMAND_BYTES, pattern=r"\S",
+                         description="What each run executes.")
+    max_attempts: int = Field(1, ge=1, le=MAX_ATTEMPTS_LIMIT)
+    timeout_s: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S)
+    at_most_once: bool = False
+    overlap: OverlapName = Field(
+        "allow", description="skip: no run starts while the previous one is unfinished.")
+    catch_up: CatchUpName = Field(
+        "latest", description="Occurrences missed while no coordinator ran: none, the latest "
+        "once, or all.")
+    paused: bool = False
+
+
+class ScheduleIn(ScheduleFields):
+    name: str = Field(pattern=NAME_PATTERN, description="Unique; letters, digits, _ . -")
+
+
+class SchedulePatch(BaseModel):
+    """Any subset of the editable fields; changing cron or timezone, or resuming, moves the
+    next run to the first fire time after now."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str | None = Field(None, min_length=1, max_length=MAX_EXPRESSION)
+    timezone: str | None = Field(None, max_length=MAX_TIMEZONE)
+    command: str | None = Field(None, min_length=1, max_length=MAX_COMMAND_BYTES,
+                                pattern=r"\S")
+    max_attempts: int | None = Field(None, ge=1, le=MAX_ATTEMPTS_LIMIT)
+    timeout_s: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S)
+    at_most_once: bool | None = None
+    overlap: OverlapName | None = None
+    catch_up: CatchUpName | None = None
+    paused: bool | None = None
+
+
+class Schedule(BaseModel):
+    name: str
+    cron: str
+    timezone: str
+    command: str
+    max_attempts: int
+    timeout_s: float | None
+    at_most_once: bool
+    overlap: OverlapName
+    catch_up: CatchUpName
+    paused: bool
+    created_at: str
+    updated_at: str
+    next_fire_at: str | None = Field(description="Null while paused or when it never fires "
+                                     "again.")
+    last_fire_at: str | None = Field(description="The latest occurrence that became a task.")
+    skipped_runs: int = Field(description="Occurrences not run: previous run unfinished.")
+    missed_runs: int = Field(description="Occurrences dropped after an outage (catch_up).")
+
+
+class ScheduleList(BaseModel):
+    schedules: list[Schedule]
+    next: str | None = Field(description="Pass back as `after` for the next page.")
+
+
+class Run(Task):
+    schedule: str
+    fire_at: str = Field(description="The occurrence this task runs (its scheduled_at).")
+
+
+class RunPage(BaseModel):
+    tasks: list[Run]
+    next: str | None = Field(description="Pass back as `after` for the next page.")
+
+
+class ScheduleListQuery(BaseModel):
+    limit: int = Field(100, ge=1, le=1000)
+    after: str | None = Field(None, pattern=NAME_PATTERN,
+                              description="The `next` cursor of the previous page.")

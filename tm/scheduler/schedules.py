@@ -1,0 +1,136 @@
+"""HTTP routes of recurring schedules (registered by tm.scheduler.app.create_app).
+
+    POST   /schedules               201 the schedule; 409 if the name is taken
+    GET    /schedules               {"schedules": [...], "next": cursor}, by name
+    GET    /schedules/<name>
+    PATCH  /schedules/<name>        any subset of the fields: edit, pause, resume
+    DELETE /schedules/<name>        200 the deleted schedule; its tasks stay
+    GET    /schedules/<name>/runs   the tasks it created, newest first, paged like /tasks
+
+Errors are those of the task routes: 400 naming the field (a bad cron expression, an
+unknown time zone, a malformed name), 404 for an unknown schedule, 409 for a taken name.
+Validation is tm.core.schedules; the rows are tm.db.schedules.
+"""
+
+from __future__ import annotations
+
+import structlog
+from quart import Response, request
+from quart_schema import document_querystring, document_request, document_response
+from quart_trio import QuartTrio
+
+from tm.aio.pg import Database
+from tm.core.schedules import parse_new_schedule, parse_schedule_name
+from tm.core.tasks import InvalidInput, Status
+from tm.db import queries
+from tm.db import schedules as db_schedules
+from tm.scheduler import schemas as sc
+from tm.scheduler.app import DEFAULT_PAGE, MAX_PAGE, ApiError, errors, json_response, read_json
+from tm.scheduler.render import run_json, schedule_json
+
+log = structlog.get_logger("tm.scheduler")
+
+
+def _limit() -> int:
+    raw = request.args.get("limit", str(DEFAULT_PAGE))
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 7):
+        raise ApiError(400, "limit must be an integer")
+    limit = int(raw)
+    if not 1 <= limit <= MAX_PAGE:
+        raise ApiError(400, f"limit must be between 1 and {MAX_PAGE}")
+    return limit
+
+
+def _status() -> Status | None:
+    raw = request.args.get("status")
+    if not raw:
+        return None
+    try:
+        return Status(raw)
+    except ValueError:
+        allowed = ", ".join(s.value for s in Status)
+        raise ApiError(400, f"status must be one of: {allowed}") from None
+
+
+def _unknown(name: str) -> ApiError:
+    return ApiError(404, f"no schedule named {name!r}")
+
+
+def register_schedule_routes(app: QuartTrio, db: Database) -> None:
+    @app.post("/schedules")
+    @document_request(sc.ScheduleIn)
+    @document_response(sc.Schedule, 201)
+    @errors(400, 409, 413)
+    async def create_schedule() -> Response:
+        spec = parse_new_schedule(await read_json())
+        row = await db_schedules.create_schedule(db, spec)
+        if row is None:
+            raise ApiError(409, f"a schedule named {spec.name!r} already exists")
+        log.info("schedule created", action="schedule_created", schedule=spec.name,
+                 cron=spec.cron, timezone=spec.timezone, paused=spec.paused)
+        return json_response(schedule_json(row), 201)
+
+    @app.get("/schedules")
+    @document_querystring(sc.ScheduleListQuery)
+    @document_response(sc.ScheduleList, 200)
+    @errors(400)
+    async def list_schedules() -> Response:
+        limit = _limit()
+        after = request.args.get("after") or None
+        if after is not None:
+            try:
+                parse_schedule_name(after)
+            except InvalidInput:
+                raise ApiError(400, "after is not a cursor returned by this API (use 'next')"
+                               ) from None
+        rows, cursor = await db_schedules.list_schedules(db, limit=limit, after=after)
+        return json_response({"schedules": [schedule_json(r) for r in rows], "next": cursor})
+
+    @app.get("/schedules/<name>")
+    @document_response(sc.Schedule, 200)
+    @errors(400, 404)
+    async def get_schedule(name: str) -> Response:
+        row = await db_schedules.get_schedule(db, parse_schedule_name(name))
+        if row is None:
+            raise _unknown(name)
+        return json_response(schedule_json(row))
+
+    @app.patch("/schedules/<name>")
+    @document_request(sc.SchedulePatch)
+    @document_response(sc.Schedule, 200)
+    @errors(400, 404, 413)
+    async def patch_schedule(name: str) -> Response:
+        parse_schedule_name(name)
+        body = await read_json()
+        row = await db_schedules.update_schedule(db, name, body)
+        if row is None:
+            raise _unknown(name)
+        log.info("schedule changed", action="schedule_changed", schedule=name,
+                 fields=sorted(body) if isinstance(body, dict) else None,
+                 paused=row["paused"])
+        return json_response(schedule_json(row))
+
+    @app.delete("/schedules/<name>")
+    @document_response(sc.Schedule, 200)
+    @errors(400, 404)
+    async def delete_schedule(name: str) -> Response:
+        row = await db_schedules.delete_schedule(db, parse_schedule_name(name))
+        if row is None:
+            raise _unknown(name)
+        log.info("schedule deleted", action="schedule_deleted", schedule=name)
+        return json_response(schedule_json(row))
+
+    @app.get("/schedules/<name>/runs")
+    @document_querystring(sc.ListQuery)
+    @document_response(sc.RunPage, 200)
+    @errors(400, 404)
+    async def list_runs(name: str) -> Response:
+        parse_schedule_name(name)
+        status, limit = _status(), _limit()
+        after = request.args.get("after") or None
+        if await db_schedules.get_schedule(db, name) is None:
+            raise _unknown(name)
+        rows, cursor = await queries.list_tasks(
+            db, status=status, limit=limit, after=after, schedule=name
+        )
+        return json_response({"tasks": [run_json(r) for r in rows], "next": cursor})
