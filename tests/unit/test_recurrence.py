@@ -203,11 +203,11 @@ def test_fire_times_increase_match_and_never_repeat(case: tuple[Recurrence, date
         check_fire(rec, fire)
 
 
-@FAST
+@settings(max_examples=50, deadline=None, database=None)
 @given(cases())
 def test_next_and_prev_agree_with_the_iteration(case: tuple[Recurrence, datetime]) -> None:
     rec, start = case
-    fires = fires_between(rec, start, start + timedelta(days=3), 25)
+    fires = fires_between(rec, start, start + timedelta(days=3), 12)
     assume(len(fires) >= 2)
     assert next_fire(rec, start) == fires[0]
     before = prev_fire(rec, start)
