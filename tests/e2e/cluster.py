@@ -494,7 +494,7 @@ class Cluster:
                     self._check_alive(self.procs, waiting_for)
                     last = await check()
                     if last is not None and last is not False:
-                        return last  # type: ignore[return-value]
+                        return last
                     await trio.sleep(poll)
         except trio.TooSlowError:
             raise AssertionError(

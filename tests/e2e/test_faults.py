@@ -14,6 +14,7 @@ Every test is bounded by `trio.fail_after`; every wait polls a condition.
 from __future__ import annotations
 
 import random
+import re
 import signal
 import uuid
 from collections import Counter
@@ -82,6 +83,13 @@ async def wait_all_finished(
         return counts if finished == total else None
 
     return await cluster.wait_until(check, f"{total} tasks to finish", timeout=timeout, poll=0.2)
+
+
+def logged_count(line: str) -> int:
+    """The `count=<n>` of a log line."""
+    found = re.search(r"\bcount=(\d+)", line)
+    assert found is not None, line
+    return int(found.group(1))
 
 
 def assert_each_ran_once(workers: list[Proc], task_ids: set[str]) -> Counter[str]:
@@ -205,8 +213,11 @@ async def test_coordinator_killed_under_load_loses_nothing_and_runs_nothing_twic
             f"at kill: {dict(at_kill)}; tasks with attempt > 1 (claimed, never delivered, "
             f"recovered by lease expiry): {len(redispatched)}"
         )
-        # Re-dispatch is allowed only for tasks no worker ever ran: each task ran once.
+        # Re-dispatch is allowed only for tasks no worker ever ran: each task ran once. The
+        # re-dispatched ones are exactly those the new coordinator recovered by lease expiry.
         assert_each_ran_once(workers, task_ids)
+        assert set(redispatched) == set(logged_task_ids([second], "lease_expired"))
+        assert all(r["attempt"] <= 2 for r in rows), "a task was recovered more than once"
         # The workers lived through it and are registered with the new coordinator.
         assert all(w.returncode is None for w in workers)
         await cluster.wait_for_workers(workers)
@@ -253,17 +264,24 @@ async def test_sigterm_drains_a_busy_worker_and_hands_its_queue_back(
         tasks = await cluster.wait_tasks(task_ids, timeout=30)
         assert [t["status"] for t in tasks] == ["completed"] * len(tasks), tasks
         # The victim finished what it had started; what it held unstarted was handed back
-        # and ran on the others (a second dispatch: attempt 2).
+        # and ran on the others (dispatched again: attempt 2).
         ran_on_victim = [t for t in tasks if t["worker_id"] == victim.worker_id]
-        handed_back = [t for t in tasks if t["attempt"] == 2]
+        handed_back = [t for t in tasks if t["attempt"] >= 2]
         assert len(ran_on_victim) >= 2 and all(t["attempt"] == 1 for t in ran_on_victim), tasks
         assert handed_back, tasks
         assert {t["worker_id"] for t in handed_back} <= {w.worker_id for w in others}, tasks
-        assert all(t["attempt"] <= 2 for t in tasks), tasks
-        [drain_line] = [
-            line for line in victim.log_text().splitlines() if "action=worker_draining" in line
-        ]
+        victim_log = victim.log_text().splitlines()
+        [drain_line] = [line for line in victim_log if "action=worker_draining" in line]
         assert f"returned={len(handed_back)}" in drain_line, drain_line
+        # A handed-back task may be pushed to the victim once more before the coordinator
+        # has heard that it is draining; the victim refuses it and it goes elsewhere, one
+        # attempt later. Every attempt beyond the second must be such a refusal.
+        refused = sum(
+            logged_count(line)
+            for line in victim_log
+            if "action=tasks_rejected" in line and "draining=True" in line
+        )
+        assert sum(t["attempt"] - 2 for t in handed_back) <= refused, (refused, tasks)
         assert_each_ran_once([victim, *others], set(task_ids))
         assert all(w.returncode is None for w in others)
 
@@ -274,7 +292,8 @@ async def test_sigterm_drains_a_busy_worker_and_hands_its_queue_back(
 async def test_cancelling_a_running_task_kills_its_process(cluster: Cluster) -> None:
     with trio.fail_after(60):
         [worker] = await cluster.start_servers(workers=1, executor="shell", **FAST)
-        assert cluster.coordinator is not None
+        coordinator = cluster.coordinator
+        assert coordinator is not None
         command = sleep_command(30)
         created = await cluster.post("/tasks", {"command": command})
         task_id = created["task_id"]
@@ -301,7 +320,7 @@ async def test_cancelling_a_running_task_kills_its_process(cluster: Cluster) -> 
             return (
                 task_id in logged_task_ids([worker], "task_cancel")
                 and task_id in logged_task_ids([worker], "task_finished")
-                and task_id in logged_task_ids([cluster.coordinator], "stale_report")  # type: ignore[list-item]
+                and task_id in logged_task_ids([coordinator], "stale_report")
             )
 
         # The worker's own report ("cancelled") arrives after the API already cancelled
@@ -351,7 +370,7 @@ async def test_a_failing_task_is_retried_with_backoff_then_fails(cluster: Cluste
 
         def waiting_for_retry(task: Task) -> bool:
             assert task["status"] != "failed", f"failed before retrying: {task}"
-            return task["status"] == "scheduled" and task["attempt"] == 1
+            return bool(task["status"] == "scheduled" and task["attempt"] == 1)
 
         asked_at = datetime.now(UTC)
         retry = await cluster.wait_task(task_id, waiting_for_retry, timeout=10)
@@ -376,32 +395,60 @@ async def test_a_failing_task_is_retried_with_backoff_then_fails(cluster: Cluste
 
 # ---------------------------------------------------------------------------- database outage
 
+KILL_CONNECTIONS = (
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+    " WHERE datname = $1 AND pid <> pg_backend_pid()"
+)
+
 
 @pytest.mark.xfail(
     strict=True,
-    reason="tm/aio/pg.py: a terminated LISTEN connection crashes the coordinator, and "
-    "SQLSTATE 55000 (database not accepting connections) is a 500, not a 503",
+    reason="tm/aio/pg.py: asyncpg's InternalClientError on a connection the server killed "
+    "is not 'database unavailable': Database.listen's cleanup lets it crash the coordinator, "
+    "and the scheduler answers 500",
 )
 async def test_a_database_outage_is_survived(cluster: Cluster, database_url: str) -> None:
+    """The database flaps (every connection killed, again and again), then refuses all
+    connections for a while, then comes back. Services answer 503 meanwhile, never 500,
+    and never exit; tasks acknowledged or running meanwhile complete, each once."""
     name = urlsplit(database_url).path.lstrip("/")
     admin_url = with_database(database_url, "postgres")
     with trio.fail_after(90):
         workers = await cluster.start_servers(workers=2, executor="shell", **FAST)
-        created = await cluster.submit_many([{"command": sleep_command(3)} for _ in range(3)])
+        created = await cluster.submit_many([{"command": sleep_command(4)} for _ in range(3)])
         running_ids = [t["task_id"] for t in created]
         before = await cluster.wait_tasks(running_ids, status_is("running"))
 
+        async def ready() -> bool:
+            response = await cluster.client.get(cluster.url("/readyz"))
+            assert response.status_code in (200, 503), response.text
+            return response.status_code == 200
+
+        # Flapping: kill every connection of the database ten times, asking in between.
+        acknowledged: list[str] = []
+        answers: Counter[str] = Counter()
+        for round_ in range(10):
+            await query_database(admin_url, KILL_CONNECTIONS, name)
+            probe = await cluster.client.get(cluster.url("/readyz"))
+            post = await cluster.client.post(cluster.url("/tasks"), json={"command": "echo flap"})
+            answers[f"readyz {probe.status_code}"] += 1
+            answers[f"post {post.status_code}"] += 1
+            assert probe.status_code in (200, 503), (round_, probe.text)
+            assert post.status_code in (201, 503), (round_, post.text)
+            if post.status_code == 201:
+                acknowledged.append(post.json()["task_id"])
+            assert all(p.returncode is None for p in cluster.procs), (round_, cluster.procs)
+            await cluster.wait_until(ready, "GET /readyz to say 200 again")
+        print(f"answers while flapping: {dict(answers)}")
+
+        # Outage: new connections refused, existing ones killed.
         try:
             await query_database(admin_url, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-            await query_database(
-                admin_url,
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = $1 AND pid <> pg_backend_pid()",
-                name,
-            )
+            await query_database(admin_url, KILL_CONNECTIONS, name)
 
             async def not_ready() -> httpx.Response | None:
                 response = await cluster.client.get(cluster.url("/readyz"))
+                assert response.status_code in (200, 503), response.text
                 return response if response.status_code == 503 else None
 
             unready = await cluster.wait_until(not_ready, "GET /readyz to say 503")
@@ -424,10 +471,6 @@ async def test_a_database_outage_is_survived(cluster: Cluster, database_url: str
             with trio.CancelScope(shield=True), trio.move_on_after(10):
                 await query_database(admin_url, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
 
-        async def ready() -> bool:
-            response = await cluster.client.get(cluster.url("/readyz"))
-            return response.status_code == 200
-
         await cluster.wait_until(ready, "GET /readyz to say 200 again", timeout=20)
         after = await cluster.post("/tasks", {"command": "echo back"})
         done = await cluster.wait_task(after["task_id"], timeout=20)
@@ -437,7 +480,9 @@ async def test_a_database_outage_is_survived(cluster: Cluster, database_url: str
         for old, task in zip(before, tasks, strict=True):
             assert task["status"] == "completed", task
             assert task["attempt"] == 1 and task["worker_id"] == old["worker_id"], task
-        assert_each_ran_once(workers, {*running_ids, after["task_id"]})
+        flapped = await cluster.wait_tasks(acknowledged, timeout=20)
+        assert all(t["status"] == "completed" for t in flapped), flapped
+        assert_each_ran_once(workers, {*running_ids, *acknowledged, after["task_id"]})
         assert all(p.returncode is None for p in cluster.procs), cluster.procs
 
 
@@ -476,16 +521,21 @@ async def test_two_coordinators_share_one_database_without_running_a_task_twice(
             "SELECT worker_id, coordinator_id, min(attempt) AS lo, max(attempt) AS hi,"
             " count(*) AS n FROM tasks GROUP BY 1, 2",
         )
-        assert all(r["lo"] == r["hi"] == 1 for r in rows), rows
-        by_worker = Counter()
-        for row in rows:
-            by_worker[row["worker_id"]] += row["n"]
-        assert set(by_worker) == {w.worker_id for w in workers}, rows
+        assert {r["worker_id"] for r in rows} == {w.worker_id for w in workers}, rows
         # Both coordinators claimed tasks, each only for its own workers.
         coordinators = {r["worker_id"]: r["coordinator_id"] for r in rows}
         assert len({coordinators[w.worker_id] for w in workers}) == 2, rows
         assert coordinators[on_a[0].worker_id] == coordinators[on_a[1].worker_id], rows
         assert_each_ran_once(workers, task_ids)
+        # Nothing failed, so every task was dispatched once: no claim was shared, and no
+        # push went beyond the credit a worker advertised (a refused push is re-dispatched).
+        refused = [
+            line
+            for proc in cluster.procs
+            for line in proc.log_text().splitlines()
+            if "action=tasks_rejected" in line or "action=push_undone" in line
+        ]
+        assert all(r["lo"] == r["hi"] == 1 for r in rows), (rows, refused)
 
 
 # ---------------------------------------------------------------------------- idempotency
