@@ -74,6 +74,7 @@ def welcome(http: str, grpc: str, workers: int, database_url: str) -> str:
     """What a person needs to start using the dev cluster, ready to paste."""
     return f"""
 TaskMaster is running: API http://{http}, coordinator {grpc}, {workers} worker(s).
+Dashboard: http://{http}/ui
 Database: {database_url}
 
   curl -X POST {http}/schedule -d '{{"command":"hello","scheduled_at":"2023-12-25T22:34:00+05:30"}}'

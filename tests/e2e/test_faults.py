@@ -401,12 +401,6 @@ KILL_CONNECTIONS = (
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tm/aio/pg.py: asyncpg's InternalClientError on a connection the server killed "
-    "is not 'database unavailable': Database.listen's cleanup lets it crash the coordinator, "
-    "and the scheduler answers 500",
-)
 async def test_a_database_outage_is_survived(cluster: Cluster, database_url: str) -> None:
     """The database flaps (every connection killed, again and again), then refuses all
     connections for a while, then comes back. Services answer 503 meanwhile, never 500,

@@ -58,6 +58,8 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.ObjectNotInPrerequisiteStateError,
     asyncpg.exceptions.InvalidCatalogNameError,
     asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+    # What a query on a connection the server just killed can raise mid-operation.
+    asyncpg.exceptions.InternalClientError,
 )
 
 UniqueViolation = asyncpg.exceptions.UniqueViolationError
@@ -147,8 +149,9 @@ class Database:
             async def disconnect() -> None:
                 try:
                     await conn.remove_listener(channel, on_notify)
-                finally:
-                    await self._pool.release(conn)
+                except Exception:  # a broken connection: drop it, the pool makes a new one
+                    conn.terminate()
+                await self._pool.release(conn)
 
             with (
                 trio.CancelScope(shield=True),

@@ -186,12 +186,21 @@ class Coordinator:
                     jitter=random.random(),
                 )
             )
-        applied, stale = await queries.apply_reports(
-            self.db,
-            reports,
-            retry_base_s=self.settings.retry_base_s,
-            retry_cap_s=self.settings.retry_cap_s,
-        )
+        # The worker's state first: a draining worker's returned tasks must not be pushed
+        # straight back to it once they are scheduled again.
+        link = self.registry.get(request.worker_id)
+        if link is not None:
+            link.deadline.deadline = trio.current_time() + self.settings.heartbeat_timeout_s
+            self._advertise(link, request.capacity)
+        try:
+            applied, stale = await queries.apply_reports(
+                self.db,
+                reports,
+                retry_base_s=self.settings.retry_base_s,
+                retry_cap_s=self.settings.retry_cap_s,
+            )
+        except DatabaseUnavailable as exc:
+            raise RpcError(Code.UNAVAILABLE, str(exc)) from None  # the worker keeps them
         for task_id in stale:
             log.info(
                 "stale report ignored",
@@ -200,10 +209,6 @@ class Coordinator:
                 worker_id=request.worker_id,
             )
         metrics.STALE_REPORTS.inc(len(stale))
-        link = self.registry.get(request.worker_id)
-        if link is not None:
-            link.deadline.deadline = trio.current_time() + self.settings.heartbeat_timeout_s
-            self._advertise(link, request.capacity)
         if any(r.kind in (queries.FAILED, queries.RETURNED) for r in reports):
             self.wake()  # retries and returned tasks may be due now
         return pb.ReportResponse(applied=applied, stale=len(stale), known=link is not None)
@@ -381,8 +386,14 @@ class Coordinator:
             if link is None:  # gone between plan and claim: hand the tasks back
                 self._nursery.start_soon(self._undo, worker_id, tasks)
                 continue
-            link.credit = dispatch.reserve(link.credit, min(len(tasks), link.credit.available))
-            self._nursery.start_soon(self._push, link, tasks)
+            # Credit can shrink between plan and claim (a report or heartbeat arrived):
+            # push only what it allows now and hand the rest back.
+            fits = min(len(tasks), link.credit.available)
+            if fits < len(tasks):
+                self._nursery.start_soon(self._undo, worker_id, tasks[fits:])
+            if fits:
+                link.credit = dispatch.reserve(link.credit, fits)
+                self._nursery.start_soon(self._push, link, tasks[:fits])
         metrics.DISPATCHED.inc(len(claimed))
 
     async def _push(self, link: WorkerLink, tasks: list[queries.Claimed]) -> None:

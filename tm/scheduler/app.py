@@ -107,7 +107,8 @@ def errors(*codes: int) -> Callable[[F], F]:
 
 def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -> QuartTrio:
     """The API over `db`; single-task inserts go through `ingest` (group commit)."""
-    app = QuartTrio("tm.scheduler")
+    # No app-wide /static: the dashboard serves its own files under /ui/static (tm.scheduler.ui).
+    app = QuartTrio("tm.scheduler", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # OPTIONS would answer an empty text/html body; without it, a JSON 405 says what's allowed.
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
@@ -127,6 +128,8 @@ def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -
     async def check_token() -> Response | None:
         if settings.api_token is None or request.path in OPEN_PATHS:
             return None
+        if request.blueprint == "ui":
+            return None  # the dashboard checks its own session cookie (tm.scheduler.ui)
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
@@ -301,6 +304,10 @@ def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -
     from tm.scheduler.schedules import register_schedule_routes  # imports this module
 
     register_schedule_routes(app, db)
+
+    from tm.scheduler.ui import register_ui
+
+    register_ui(app, db, settings)
 
     # ------------------------------------------------------------ health
 
