@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from tm.core.backoff import exponential
 
-FAST = settings(max_examples=300, deadline=None, database=None)
+FAST = settings(max_examples=200, deadline=None, database=None)
 
 bases = st.floats(min_value=0.001, max_value=100.0)
 # Caps below base·2^62, so the code's internal clamp of the exponent (which only guards

@@ -18,7 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from tm.core.dispatch import Credit, advertise, group, plan, release, reserve
 
-FAST = settings(max_examples=300, deadline=None, database=None)
+FAST = settings(max_examples=150, deadline=None, database=None)
 
 
 @st.composite
@@ -396,7 +396,7 @@ class DispatchMachine(RuleBasedStateMachine):
 
 TestDispatchMachine = DispatchMachine.TestCase
 TestDispatchMachine.settings = settings(
-    max_examples=150, stateful_step_count=40, deadline=None, database=None
+    max_examples=100, stateful_step_count=40, deadline=None, database=None
 )
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tm.core.timefmt import TimeFormatError, format_time, from_micros, parse_time, to_micros
 
-FAST = settings(max_examples=200, deadline=None, database=None)
+FAST = settings(max_examples=100, deadline=None, database=None)
 
 WIRE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 
