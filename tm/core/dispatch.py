@@ -53,7 +53,8 @@ def advertise(
         capacity=capacity,
         free_slots=min(free_slots, capacity),
         accepted_total=accepted_total,
-        # A worker that restarted counts from zero again; never leave sends "in flight" forever.
+        # The worker has accepted more than this coordinator sent it (it served another,
+        # or this one restarted): nothing of ours can still be in flight beyond that.
         sent_total=max(credit.sent_total, accepted_total),
         draining=draining,
     )
