@@ -230,8 +230,8 @@ async def test_unknown_route_is_404_json(api: httpx.AsyncClient) -> None:
     routes = {
         f"{method} {path}": (method, path)
         for method, path in [
-            ("GET", "/"),
             ("GET", "/nope"),
+            ("GET", "/ui/nope"),
             ("POST", "/nope"),
             ("GET", "/tasks/x/y"),
             ("POST", f"/tasks/{UNKNOWN_ID}/retry"),
