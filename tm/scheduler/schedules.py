@@ -100,8 +100,10 @@ def register_schedule_routes(app: QuartTrio, db: Database) -> None:
     @document_response(sc.Schedule, 200)
     @errors(400, 404, 413)
     async def patch_schedule(name: str) -> Response:
-        parse_schedule_name(name)
+        # The body first: answering before it is read would leave it on a kept-alive
+        # connection, to be taken for the start of the next request.
         body = await read_json()
+        parse_schedule_name(name)
         row = await db_schedules.update_schedule(db, name, body)
         if row is None:
             raise _unknown(name)
