@@ -69,7 +69,7 @@ def drive_dashboard(base: str) -> None:
         page.evaluate("window.__sameDocument = true")  # gone if the page is ever reloaded
 
         created = api.post("/tasks", json={"tasks": [
-            {"command": f"echo report part {i}", "scheduled_at": _in(5)} for i in range(3)
+            {"command": f"echo report part {i}", "scheduled_at": _in(6)} for i in range(3)
         ] + [{"command": "nightly backup --full", "scheduled_at": _in(3600)}]})
         assert created.status_code == 201, created.text
         *soon, later = [t["task_id"] for t in created.json()["tasks"]]
