@@ -181,7 +181,9 @@ async def _create_pool(url: str, min_size: int, max_size: int) -> Any:
         reset=_keep_session,
         command_timeout=30,
         max_inactive_connection_lifetime=60,
-        server_settings={"application_name": "taskmaster", "timezone": "UTC"},
+        # JIT compiles a plan in ~0.2 s when its cost estimate is high, which a short
+        # query over a big table can have: never worth it for our statements.
+        server_settings={"application_name": "taskmaster", "timezone": "UTC", "jit": "off"},
     )
 
 

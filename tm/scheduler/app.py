@@ -143,6 +143,10 @@ def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -
     @app.after_request
     async def count_request(response: Response) -> Response:
         metrics.HTTP_REQUESTS.labels(request.method, str(response.status_code)).inc()
+        if request.content_length and not _body_received():
+            # Answered before its body arrived (401, a bad id, 413, ...): the rest would be
+            # taken for the next request on a kept-alive connection. Close it instead.
+            response.headers["Connection"] = "close"
         return response
 
     @app.errorhandler(ApiError)
@@ -169,9 +173,6 @@ def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -
             413: f"request body is larger than {MAX_BODY_BYTES} bytes",
         }
         response = error_response(status, messages.get(status, exc.description or exc.name))
-        if status == 413:
-            # The unread rest of the body would be taken for the next request: close.
-            response.headers["Connection"] = "close"
         if status == 405 and exc.response is None:
             allowed = getattr(exc, "valid_methods", None)
             if allowed:
@@ -337,6 +338,12 @@ def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -
         return json_response({"status": "ready", "database_ms": elapsed_ms})
 
     return app
+
+
+def _body_received() -> bool:
+    """Whether the whole request body has arrived (quart's Body, pinned: private event)."""
+    complete = getattr(request.body, "_complete", None)
+    return bool(complete is not None and complete.is_set())
 
 
 async def _ping(db: Database) -> float:
