@@ -6,6 +6,8 @@ coordinator), then the coordinator and the scheduler stop.
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import replace
 
 import structlog
@@ -81,7 +83,13 @@ Database: {database_url}
   curl {http}/status?task_id=<task-id>
   curl '{http}/tasks?limit=5'
   curl {http}/workers
-  tm submit "echo hi" --url http://{http}
+  {_tm()} submit "echo hi" --url http://{http}
 
 Ctrl-C stops everything (workers finish their tasks first).
 """
+
+
+def _tm() -> str:
+    """How this `tm` was started, so the example runs as pasted (e.g. .venv/bin/tm)."""
+    command = sys.argv[0] if sys.argv and sys.argv[0].endswith("tm") else "tm"
+    return os.path.relpath(command) if os.path.isabs(command) else command
