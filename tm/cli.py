@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,25 @@ def run(main: Callable[[trio.Event], Awaitable[None]], *, grace: float) -> None:
     """Run a service until SIGTERM/SIGINT (imported late: client commands start faster)."""
     from tm.runner import run as run_service
 
-    run_service(main, grace=grace)
+    try:
+        run_service(main, grace=grace)
+    except BaseException as exc:
+        in_use = _address_in_use(exc)
+        if in_use is None:
+            raise
+        raise click.ClickException(f"cannot listen: {in_use}") from None
+
+
+def _address_in_use(exc: BaseException) -> OSError | None:
+    """The 'address already in use' error inside `exc` (perhaps nested in groups)."""
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _address_in_use(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _address(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -50,9 +51,30 @@ def tm_command() -> list[str]:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port for a server we start, chosen below the kernel's ephemeral range.
+
+    A port 0 bind hands out ephemeral ports, the very pool that workers binding port 0 and
+    every outgoing connection draw from, so between our check and the server's own bind
+    another process could take it. Ports under the range are only taken by explicit binds.
+    """
+    low, _high = _ephemeral_range()
+    for _ in range(200):
+        port = random.randrange(20_000, min(low, 32_768))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32_768, 60_999
 
 
 def parse_time(value: str) -> datetime:
