@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from tests.api.contract import (
@@ -290,6 +291,15 @@ async def chunks(total: int, chunk: int = MIB) -> AsyncIterator[bytes]:
 CLOSE = {"Connection": "close"}
 
 
+# The server answers 413 and closes while httpx is still uploading: httpx's body iterator is
+# then dropped unfinished and collected later ("Exception ignored in ... ByteStream"). That
+# is the client's garbage, not the behaviour under test.
+CLIENT_UPLOAD_CUT = pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning", "ignore::ResourceWarning"
+)
+
+
+@CLIENT_UPLOAD_CUT
 async def test_streamed_body_over_32_mib_is_413(api: httpx.AsyncClient) -> None:
     with trio.fail_after(30):
         before = await newest_task_id(api)
@@ -299,6 +309,7 @@ async def test_streamed_body_over_32_mib_is_413(api: httpx.AsyncClient) -> None:
         assert (await api.get("/healthz")).status_code == 200
 
 
+@CLIENT_UPLOAD_CUT
 async def test_body_over_32_mib_with_content_length_is_413(api: httpx.AsyncClient) -> None:
     with trio.fail_after(30):
         before = await newest_task_id(api)
@@ -307,6 +318,7 @@ async def test_body_over_32_mib_with_content_length_is_413(api: httpx.AsyncClien
         assert await newest_task_id(api) == before
 
 
+@CLIENT_UPLOAD_CUT
 async def test_connection_is_usable_after_413(api: httpx.AsyncClient) -> None:
     """A keep-alive client (httpx, requests) reuses the connection after a 413: the server
     must either close it (Connection: close) or answer the next request on it."""
