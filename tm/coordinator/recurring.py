@@ -24,6 +24,7 @@ import trio
 
 from tm import metrics
 from tm.aio.pg import Database, DatabaseUnavailable
+from tm.coordinator.rounds import Waker, run_rounds
 from tm.core.backoff import exponential
 from tm.core.timefmt import format_time
 from tm.db import schedules as db_schedules
@@ -42,30 +43,18 @@ class Recurring:
         self.settings = settings
         self.db = db
         self.coordinator_id = coordinator_id
-        self._wake = trio.Event()
+        self._waker = Waker()
         self.rounds = 0
 
     def __repr__(self) -> str:
         return f"<Recurring {self.coordinator_id} rounds={self.rounds}>"
 
     def wake(self) -> None:
-        self._wake.set()
+        self._waker.wake()
 
     async def materialize_forever(self) -> None:
-        tries = 0
-        while True:
-            try:
-                delay = await self._round()
-                tries = 0
-            except DatabaseUnavailable as exc:
-                tries += 1
-                delay = exponential(tries, base=0.2, cap=5.0, jitter=random.random())
-                log.warning("recurring schedules paused", action="schedules_retry",
-                            error=str(exc), retry_in=round(delay, 2))
-            if delay > 0:
-                with trio.move_on_after(delay):
-                    await self._wake.wait()
-            self._wake = trio.Event()
+        await run_rounds(self._round, self._waker, paused="recurring schedules paused",
+                         action="schedules_retry")
 
     async def _round(self) -> float:
         """One round; returns how long to sleep before the next (0: at once)."""

@@ -35,6 +35,7 @@ from tm.aio.grpc import Code, RpcError, RpcFailed, bridge, connect_peer, serve_g
 from tm.aio.pg import Database, DatabaseUnavailable, open_database
 from tm.coordinator.recurring import serve_recurring
 from tm.coordinator.registry import Registry, WorkerLink
+from tm.coordinator.rounds import Waker, run_rounds
 from tm.core import dispatch
 from tm.core.addresses import split_address
 from tm.core.backoff import exponential
@@ -70,14 +71,14 @@ class Coordinator:
         self.registry = Registry()
         self._nursery = nursery
         self._client_tls = tls.client_context(settings.tls) if settings.tls else None
-        self._wake = trio.Event()
+        self._waker = Waker()
         self._rotation = 0
 
     def __repr__(self) -> str:
         return f"<Coordinator {self.id} {self.registry!r}>"
 
     def wake(self) -> None:
-        self._wake.set()
+        self._waker.wake()
 
     # ------------------------------------------------------------------ gRPC handlers
 
@@ -327,24 +328,8 @@ class Coordinator:
     # ------------------------------------------------------------------ dispatch
 
     async def dispatch_forever(self) -> None:
-        tries = 0
-        while True:
-            try:
-                delay = await self._dispatch_once()
-                tries = 0
-            except DatabaseUnavailable as exc:
-                tries += 1
-                delay = exponential(tries, base=0.2, cap=5.0, jitter=random.random())
-                log.warning(
-                    "dispatch paused",
-                    action="dispatch_retry",
-                    error=str(exc),
-                    retry_in=round(delay, 2),
-                )
-            if delay > 0:
-                with trio.move_on_after(delay):
-                    await self._wake.wait()
-            self._wake = trio.Event()
+        await run_rounds(self._dispatch_once, self._waker, paused="dispatch paused",
+                         action="dispatch_retry")
 
     async def _dispatch_once(self) -> float:
         """Claim and push one round; returns how long to sleep (0: go again at once)."""
