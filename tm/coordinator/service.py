@@ -141,11 +141,18 @@ class Coordinator:
             return pb.HeartbeatResponse(known=False)
         link.deadline.deadline = trio.current_time() + self.settings.heartbeat_timeout_s
         self._advertise(link, request.capacity)
-        try:
-            await self._record(link, _held(request.held))
-        except RpcError:
-            # The worker is alive, whatever the database says: keep it. Its leases are
-            # renewed by the next heartbeat that gets through (see `reap`).
+        # The worker is alive, whatever the database says: keep it, and answer in time even
+        # while the database hangs (a late answer would make the worker re-register, and
+        # be lost meanwhile). Its leases are renewed by the next heartbeat that gets
+        # through (see `reap`).
+        recorded = False
+        with trio.move_on_after(min(2.0, self.settings.heartbeat_timeout_s / 2)):
+            try:
+                await self._record(link, _held(request.held))
+                recorded = True
+            except RpcError:
+                pass
+        if not recorded:
             log.warning("heartbeat not recorded", action="heartbeat_unrecorded",
                         worker_id=link.worker_id)
         return pb.HeartbeatResponse(known=True)
