@@ -392,7 +392,7 @@ async def test_a_refused_patch_leaves_the_connection_usable(api: httpx.AsyncClie
             await trio.sleep(0.2)
             await stream.send_all(body + b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
             received = b""
-            while b'{"status": "ok"}' not in received:
+            while b'"ok"}' not in received:
                 chunk = await stream.receive_some()
                 assert chunk, received
                 received += chunk

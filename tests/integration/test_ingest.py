@@ -114,6 +114,10 @@ async def test_scheduled_at_none_means_now(db_url: str) -> None:
                     "error",
                 ):
                     assert row[field] is None
+            # what the insert answers is exactly what it stored
+            for inserted in (now_task, later):
+                stored = await queries.get_task(db, inserted.row["task_id"])
+                assert dict(stored) == inserted.row
             # "now" is due at once
             claimed = await queries.claim(db, ["w1", "w1"], "c1", 30.0)
             assert [c.task_id for c in claimed] == [now_task.row["task_id"]]

@@ -22,6 +22,7 @@ from tm.core.tasks import (
     NewTask,
     Status,
     parse_new_task,
+    parse_new_tasks,
     parse_task_id,
 )
 
@@ -259,6 +260,30 @@ def test_valid_bodies_round_trip(case: tuple[dict[str, Any], dict[str, Any]],
         assert getattr(task, name) == value, name
     if task.scheduled_at is not None:
         assert task.scheduled_at.tzinfo is UTC
+
+
+@FAST
+@given(st.lists(valid_bodies(), min_size=1, max_size=8), st.data())
+def test_a_batch_parses_as_its_tasks_one_by_one(
+    cases: list[tuple[dict[str, Any], dict[str, Any]]], data: st.DataObject
+) -> None:
+    """The batch path (which parses each distinct time once) agrees with the single path."""
+    bodies = [json.loads(json.dumps(body)) for body, _ in cases]
+    if data.draw(st.booleans()):  # batches often share one time: make the cache work
+        shared = data.draw(st.sampled_from(bodies)).get("scheduled_at")
+        for body in bodies:
+            body["scheduled_at"] = shared
+    ids = [uuid.UUID(int=i) for i in range(len(bodies))]
+    one_by_one = [parse_new_task(b, i) for b, i in zip(bodies, ids, strict=True)]
+    assert parse_new_tasks(bodies, ids) == one_by_one
+
+
+def test_a_bad_task_in_a_batch_is_named_by_its_index() -> None:
+    bodies: list[object] = [{"command": "ok"}, {"command": "ok", "scheduled_at": "2026-01-01"}]
+    with pytest.raises(InvalidInput, match=r"^tasks\[1\]: scheduled_at"):
+        parse_new_tasks(bodies, [ID, ID])
+    with pytest.raises(InvalidInput, match=r"^tasks\[0\]: a task must be a JSON object"):
+        parse_new_tasks([[]], [ID])
 
 
 json_scalars = st.one_of(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -104,8 +105,28 @@ def _int_field(body: dict[str, Any], name: str, default: int, low: int, high: in
     return value
 
 
-def parse_new_task(body: object, new_id: uuid.UUID) -> NewTask:
-    """Check one task object from a request body. Raises InvalidInput naming the problem."""
+def parse_new_tasks(bodies: Sequence[object], new_ids: Sequence[uuid.UUID]) -> list[NewTask]:
+    """Check a batch; the first bad task raises InvalidInput prefixed with its index.
+
+    Times repeated across the batch (a batch often shares one) are parsed once.
+    """
+    times: dict[str, datetime] = {}
+    tasks = []
+    for index, (body, new_id) in enumerate(zip(bodies, new_ids, strict=True)):
+        try:
+            tasks.append(parse_new_task(body, new_id, times))
+        except InvalidInput as exc:
+            raise InvalidInput(f"tasks[{index}]: {exc}") from None
+    return tasks
+
+
+def parse_new_task(
+    body: object, new_id: uuid.UUID, times: dict[str, datetime] | None = None
+) -> NewTask:
+    """Check one task object from a request body. Raises InvalidInput naming the problem.
+
+    `times` caches parsed `scheduled_at` strings across the tasks of one batch.
+    """
     if not isinstance(body, dict):
         raise InvalidInput("a task must be a JSON object")
     unknown = sorted(set(body) - _KNOWN_FIELDS)
@@ -121,22 +142,31 @@ def parse_new_task(body: object, new_id: uuid.UUID) -> NewTask:
         raise InvalidInput("command must not be empty")
     if "\x00" in command:
         raise InvalidInput("command must not contain NUL characters")
-    if len(command.encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES:
+    try:
+        size = len(command.encode("utf-8"))
+    except UnicodeEncodeError:  # lone surrogates (a JSON "\ud800" escape parses to one)
+        if len(command.encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES:
+            raise InvalidInput(f"command is longer than {MAX_COMMAND_BYTES} bytes") from None
+        raise InvalidInput("command is not valid Unicode text") from None
+    if size > MAX_COMMAND_BYTES:
         raise InvalidInput(f"command is longer than {MAX_COMMAND_BYTES} bytes")
-    if not _is_unicode(command):
-        raise InvalidInput("command is not valid Unicode text")
 
     raw_at = body.get("scheduled_at")
     scheduled_at: datetime | None = None
     if raw_at is not None:
         if not isinstance(raw_at, str):
             raise InvalidInput("scheduled_at must be a string such as 2026-11-27T03:31:57Z")
-        try:
-            scheduled_at = parse_time(raw_at, "scheduled_at")
-        except TimeFormatError as exc:
-            raise InvalidInput(str(exc)) from None
-        if not EARLIEST <= scheduled_at < LATEST:
-            raise InvalidInput("scheduled_at must be between 1970-01-01 and 9999-01-01 (UTC)")
+        scheduled_at = times.get(raw_at) if times is not None else None
+        if scheduled_at is None:
+            try:
+                scheduled_at = parse_time(raw_at, "scheduled_at")
+            except TimeFormatError as exc:
+                raise InvalidInput(str(exc)) from None
+            if not EARLIEST <= scheduled_at < LATEST:
+                raise InvalidInput(
+                    "scheduled_at must be between 1970-01-01 and 9999-01-01 (UTC)")
+            if times is not None and len(times) < 64:
+                times[raw_at] = scheduled_at
 
     max_attempts = _int_field(body, "max_attempts", 1, 1, MAX_ATTEMPTS_LIMIT)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from tm.core.schedules import SCHEDULE_FIELDS
@@ -22,17 +24,35 @@ _TIME_FIELDS = frozenset(
 )
 
 
-def task_json(row: Any) -> dict[str, Any]:
-    """Every contract field present; unset ones are null; times in UTC with microseconds."""
-    out: dict[str, Any] = {}
-    for field in TASK_FIELDS:
-        value = row[field]
-        if field in _TIME_FIELDS:
-            value = format_time(value)
-        elif field == "task_id":
-            value = str(value)
-        out[field] = value
+_TASK_TIME_FIELDS = tuple(f for f in TASK_FIELDS if f in _TIME_FIELDS)
+
+
+def task_json(row: Any, times: dict[datetime, str | None] | None = None) -> dict[str, Any]:
+    """Every contract field present; unset ones are null; times in UTC with microseconds.
+
+    `times` caches formatted times across the rows of one answer (see `tasks_json`).
+    """
+    out = {field: row[field] for field in TASK_FIELDS}
+    out["task_id"] = str(out["task_id"])
+    for field in _TASK_TIME_FIELDS:
+        value = out[field]
+        if value is None:
+            continue
+        if times is None:
+            out[field] = format_time(value)
+        else:
+            text = times.get(value)
+            if text is None:
+                text = times[value] = format_time(value)
+            out[field] = text
     return out
+
+
+def tasks_json(rows: Iterable[Any]) -> list[dict[str, Any]]:
+    """Many rows; the times they share (a batch's `scheduled_at`, `created_at`) are
+    formatted once."""
+    times: dict[datetime, str | None] = {}
+    return [task_json(row, times) for row in rows]
 
 
 def worker_json(row: Any) -> dict[str, Any]:
