@@ -6,29 +6,24 @@ The workers here are fakes served over real gRPC (tm.aio.grpc): they register wi
 real coordinator, accept pushes up to their capacity, record everything, and finish
 tasks only when the test reports them finished.
 
-A stopped coordinator leaves its channels to workers open (see the xfail test at the end);
-`release_stopped_coordinators` keeps the resulting ResourceWarnings from failing whichever
-test happens to run when those channels are garbage-collected.
+A stopped coordinator closes its channels to workers (the last test).
 """
 
 from __future__ import annotations
 
 import gc
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from typing import Any
 
-import pytest
 import trio
 import trio_asyncio
 from grpclib.client import Channel
 
 from tests.integration.helpers import db_now, insert, insert_due, new_task
-from tm import metrics
 from tm.aio.grpc import Peer, bridge, open_peer, serve_grpc
 from tm.aio.pg import Database, open_database
 from tm.coordinator.service import serve_coordinator
@@ -36,17 +31,6 @@ from tm.core.addresses import join_address
 from tm.core.timefmt import to_micros
 from tm.proto.gen.taskmaster import v1 as pb
 from tm.settings import CoordinatorSettings
-
-
-@pytest.fixture(autouse=True)
-def release_stopped_coordinators() -> Iterator[None]:
-    """After each test, let the stopped coordinator (kept alive by the metrics gauge it
-    registered) and its unclosed worker channels be collected, without their warnings."""
-    yield
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Unclosed connection", ResourceWarning)
-        metrics.WORKERS.set_function(lambda: 0)
-        gc.collect()
 
 
 def open_channels_to(address: str) -> int:
@@ -344,12 +328,6 @@ async def test_no_task_is_pushed_before_its_scheduled_time(db_url: str) -> None:
             nursery.cancel_scope.cancel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Coordinator._watch closes a worker's channel only after the worker's "
-    "heartbeat deadline passes; stopping serve_coordinator cancels _watch first, so the "
-    "channels to live workers are never closed (ResourceWarning when collected)",
-)
 async def test_a_stopped_coordinator_closes_its_channels_to_workers(db_url: str) -> None:
     with trio.fail_after(20):
         async with (

@@ -175,12 +175,6 @@ async def queue_then_run(
     return outcomes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: GroupCommit.run keeps adding whole requests while the group is below "
-    "max_rows, so one statement can hold max_rows - 1 + the next request's rows (here up to "
-    "112 rows with max_rows 50) although no request alone is over the limit",
-)
 async def test_max_rows_bounds_every_statement(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -254,9 +254,11 @@ class Coordinator:
 
     async def _watch(self, link: WorkerLink) -> None:
         """Wait out the worker's heartbeat deadline; when it passes, the worker is lost."""
-        with link.deadline:
-            await trio.sleep_forever()
-        link.peer.close()
+        try:
+            with link.deadline:
+                await trio.sleep_forever()
+        finally:  # also when the coordinator stops: close the channel to the worker
+            link.peer.close()
         if link.retired or not self.registry.remove(link):
             return
         metrics.HEARTBEAT_MISSES.inc()
@@ -567,5 +569,8 @@ async def serve_coordinator(
                 coordinator_id=coordinator.id,
             )
             task_status.started(address)
-            await (stop if stop is not None else trio.Event()).wait()
+            try:
+                await (stop if stop is not None else trio.Event()).wait()
+            finally:
+                metrics.WORKERS.set_function(lambda: 0)  # let this coordinator go
             nursery.cancel_scope.cancel()

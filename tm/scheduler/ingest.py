@@ -57,14 +57,24 @@ class GroupCommit:
         return pending.result
 
     async def run(self) -> None:
-        """Flush groups until cancelled. Start it in the nursery that outlives requests."""
-        async for first in self._receive:
+        """Flush groups until cancelled. Start it in the nursery that outlives requests.
+
+        A group holds whole requests and at most `max_rows` rows, unless one request alone
+        is bigger; the request that would overflow a group starts the next one.
+        """
+        carried: _Pending | None = None
+        while True:
+            first = carried if carried is not None else await self._receive.receive()
+            carried = None
             group = [first]
             rows = len(first.tasks)
             while rows < self._max_rows:
                 try:
                     more = self._receive.receive_nowait()
                 except trio.WouldBlock:
+                    break
+                if rows + len(more.tasks) > self._max_rows:
+                    carried = more
                     break
                 group.append(more)
                 rows += len(more.tasks)

@@ -328,7 +328,8 @@ class Worker:
             coordinator_id=response.coordinator_id,
             address=self.address,
         )
-        self._outbox_ready.set()  # deliver anything buffered while away
+        if self._outbox:
+            self._outbox_ready.set()  # deliver anything buffered while away
         return max(0.05, response.heartbeat_interval_ms / 1000 or 1.0)
 
     async def run_reporter(self, peer: object) -> None:
@@ -339,6 +340,9 @@ class Worker:
             if len(self._outbox) < self.settings.report_batch:
                 await trio.sleep(self.settings.report_flush_s)  # gather a batch
             batch = self._outbox[: self.settings.report_batch]
+            if not batch:
+                self._outbox_ready = trio.Event()
+                continue
             for update in batch:  # in flight from now on: no longer replaceable
                 if update.kind == Kind.STARTED:
                     self._unsent_started.pop(update.task_id, None)
