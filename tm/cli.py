@@ -484,20 +484,72 @@ def dev(workers_: int, http_addr: str, grpc_addr: str, concurrency: int, queue_s
 
 
 @main.command()
-@database_option
+@click.option("--database-url", envvar="TM_DATABASE_URL", show_envvar=True, default=None,
+              help="PostgreSQL server for the bench's own cluster (a fresh database is created "
+                   f"and dropped) [default: {DEFAULT_DATABASE_URL}].")
+@click.option("--embedded", is_flag=True,
+              help="Run the bench's own cluster on a private PostgreSQL started for the run "
+                   "(as `tm dev` does) instead of --database-url.")
+@click.option("--url", default=None, metavar="URL",
+              help="Measure a running cluster through the HTTP API of its scheduler at URL "
+                   "(nothing started, its database not touched; some phases are skipped).")
+@click.option("--api-token", "--token", "api_token", envvar="TM_API_TOKEN", show_envvar=True,
+              default=None, help="Bearer token of the API at --url, if it requires one.")
 @click.option("--quick", is_flag=True, help="A small, fast run (smoke test of the bench).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
               default=None, help="Also write the figures as JSON to this file.")
-def bench(database_url: str, quick: bool, json_path: str | None) -> None:
-    """Benchmark a cluster of real processes started on this machine.
+@click.pass_context
+def bench(ctx: click.Context, database_url: str | None, embedded: bool, url: str | None,
+          api_token: str | None, quick: bool, json_path: str | None) -> None:
+    """Benchmark a cluster: by default one of real processes started on this machine.
 
-    Uses a fresh database (created and dropped) on the server of --database-url.
+    Its own cluster runs against a fresh database (created and dropped) on the server
+    of --database-url, or with --embedded on a private PostgreSQL. With --url it measures
+    a running cluster instead, over its HTTP API only: ingest, drain and latency (see the
+    README for what it leaves in that cluster).
     """
     from pathlib import Path
 
+    from click.core import ParameterSource
+
+    from tm.bench.run import BenchError
     from tm.bench.run import main as run_bench
 
-    run_bench(database_url, quick, Path(json_path) if json_path else None)
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+
+    if url is not None:
+        import httpx
+
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise click.BadParameter(str(exc), param_hint="--url") from None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise click.BadParameter(
+                f"{url!r} is not an http(s) URL, e.g. http://127.0.0.1:8081", param_hint="--url"
+            )
+        for option, name in (("--embedded", "embedded"), ("--database-url", "database_url")):
+            if given(name):
+                raise click.UsageError(f"--url measures a running cluster; {option} is for the "
+                                       "bench's own cluster, give one or the other", ctx=ctx)
+    elif given("api_token"):
+        raise click.UsageError("--api-token is for --url (the bench's own cluster has no token)",
+                               ctx=ctx)
+    if embedded and given("database_url"):
+        raise click.UsageError("give --embedded or --database-url, not both", ctx=ctx)
+    try:
+        run_bench(
+            quick=quick,
+            json_path=Path(json_path) if json_path else None,
+            database_url=database_url or DEFAULT_DATABASE_URL,
+            default_url=database_url is None,
+            embedded=embedded,
+            url=url,
+            token=api_token,
+        )
+    except BenchError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------- client

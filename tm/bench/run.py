@@ -1,6 +1,7 @@
 """The benchmark: ingest, drain and due→started latency on a cluster of real processes.
 
-Phases (figures are printed as a table and written as JSON with --json):
+Phases with a cluster the bench starts itself (figures are printed as a table and written
+as JSON with --json):
 
 1. single-task ingest: POST /tasks, one task per request, 16 concurrent clients.
 2. batch ingest: POST /tasks with 10,000 tasks per request.
@@ -9,144 +10,52 @@ Phases (figures are printed as a table and written as JSON with --json):
 4. latency: 200 tasks/s, each scheduled 1 s ahead, for 20 s; due→started percentiles
    from the stored `scheduled_at` / `started_at`.
 5. 3 and 4 again with 1,000,000 finished tasks in the table.
-6. peak RSS of every process (VmHWM).
+6. a due backlog of 1,000,000 tasks worked on by 3 workers for 15 s: tasks/s, and the
+   peak RSS of every process while it lasts (is the coordinator's memory bounded by
+   what it holds, not by what is due?).
+7. peak RSS of every process over the whole run (VmHWM).
 
 Tasks submitted in phases 1-2 are due far in the future and deleted afterwards, so they
-do not disturb the drain.
+do not disturb the drain; each phase deletes its tasks (the history rows excepted) before
+the next one starts.
+
+The cluster runs against a fresh database (created, then dropped) on the server of
+--database-url, or on a private PostgreSQL started for the run (--embedded, tm/devdb.py).
+With --url, a running cluster is measured over HTTP instead: see tm/bench/remote.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
-import sys
+import os
+import shutil
+import signal
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import trio
 import trio_asyncio
 
-from tm.aio.pg import Database, open_database
-from tm.bench.cluster import BenchCluster
-from tm.bench.load import build_request, run_load
+from tm.aio.pg import Database, DatabaseUnavailable, open_database
+from tm.bench.api import BenchError, bench_ingest_batch, bench_ingest_single, one_line
+from tm.bench.cluster import BenchCluster, BenchProcess, peak_rss_mb, rss_mb
+from tm.bench.load import Target
+from tm.bench.model import BenchPlan, BenchResult, Progress, as_json, percentiles, render
 from tm.core.timefmt import format_time
 
+E = TypeVar("E", bound=BaseException)
 
-@dataclass(frozen=True)
-class BenchPlan:
-    ingest_seconds: float = 5.0
-    ingest_concurrency: int = 16
-    batch_size: int = 10_000
-    batches: int = 10
-    drain_tasks: int = 50_000
-    drain_workers: tuple[int, ...] = (1, 3, 6)
-    latency_rate: int = 200
-    latency_seconds: float = 20.0
-    latency_workers: int = 3
-    history_rows: int = 1_000_000
-
-    @classmethod
-    def quick(cls) -> BenchPlan:
-        return cls(
-            ingest_seconds=1.0,
-            batch_size=1000,
-            batches=2,
-            drain_tasks=2000,
-            drain_workers=(1, 3),
-            latency_rate=50,
-            latency_seconds=2.0,
-            history_rows=20_000,
-        )
-
-
-@dataclass
-class BenchResult:
-    plan: dict[str, Any]
-    started_at: str
-    ingest_single_rps: float = 0.0
-    ingest_batch_tps: float = 0.0
-    drain_tps: dict[str, float] = field(default_factory=dict)
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    history_rows: int = 0
-    history_drain_tps: float = 0.0
-    history_latency_ms: dict[str, float] = field(default_factory=dict)
-    peak_rss_mb: dict[str, float] = field(default_factory=dict)
-    errors: int = 0
-
-
-class Progress:
-    """One line per step on stderr; redrawn in place on a terminal."""
-
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-
-    def step(self, text: str, done: float | None = None) -> None:
-        bar = ""
-        if done is not None:
-            filled = int(max(0.0, min(1.0, done)) * 30)
-            bar = f" [{'#' * filled}{'.' * (30 - filled)}] {done * 100:5.1f}%"
-        if self.tty:
-            sys.stderr.write(f"\r\033[K{text}{bar}")
-        elif done is None or done >= 1.0:
-            sys.stderr.write(f"{text}{bar}\n")
-        sys.stderr.flush()
-
-    def done(self, text: str) -> None:
-        if self.tty:
-            sys.stderr.write("\r\033[K")
-        sys.stderr.write(f"{text}\n")
-        sys.stderr.flush()
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    ordered = sorted(values)
-
-    def pick(q: float) -> float:
-        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
-
-    return {
-        "p50": pick(0.50),
-        "p95": pick(0.95),
-        "p99": pick(0.99),
-        "max": ordered[-1],
-        "count": float(len(ordered)),
-    }
-
-
-FAR = "2999-01-01T00:00:00Z"
-
-
-async def bench_ingest_single(url: str, plan: BenchPlan, progress: Progress) -> tuple[float, int]:
-    """POST /tasks, one task per request, from `ingest_concurrency` keep-alive connections."""
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    body = json.dumps({"command": "bench", "scheduled_at": FAR}).encode()
-    request = build_request("POST", f"{host}:{port}", "/tasks", body)
-    progress.step("single-task ingest", 0.0)
-    result = await run_load(host, int(port), request, concurrency=plan.ingest_concurrency,
-                            seconds=plan.ingest_seconds, expect=201)
-    progress.step("single-task ingest", 1.0)
-    return result.per_second, result.errors
-
-
-async def bench_ingest_batch(url: str, plan: BenchPlan, progress: Progress) -> float:
-    body = {"tasks": [{"command": "bench", "scheduled_at": FAR}] * plan.batch_size}
-    payload = json.dumps(body)
-    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
-        start = trio.current_time()
-        for index in range(plan.batches):
-            response = await client.post("/tasks", content=payload)
-            response.raise_for_status()
-            progress.step("batch ingest", (index + 1) / plan.batches)
-        elapsed = trio.current_time() - start
-    return plan.batch_size * plan.batches / elapsed
+__all__ = ["BenchError", "BenchPlan", "BenchResult", "main", "render", "run_bench"]
 
 
 async def count_unfinished(db: Database) -> int:
@@ -240,15 +149,148 @@ async def add_history(db: Database, rows: int, progress: Progress) -> None:
     await db.execute("VACUUM ANALYZE tasks")
 
 
-async def run_bench(database_url: str, plan: BenchPlan) -> BenchResult:
+# ---------------------------------------------------------------------------- backlog
+
+
+@dataclass(eq=False)
+class PhaseMemory:
+    """The peak RSS of each process while one phase lasts.
+
+    VmHWM is a peak over a process's whole life. If it grew during the phase, its new
+    value is the phase's peak exactly; if it did not, the phase's peak is the largest
+    VmRSS sampled (every `interval` s), which can miss a spike shorter than that. A
+    process started during the phase has no earlier life: its VmHWM is the phase's peak.
+    """
+
+    hwm_before: dict[BenchProcess, float] = field(default_factory=dict)
+    rss_max: dict[BenchProcess, float] = field(default_factory=dict)
+    hwm_now: dict[BenchProcess, float] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, processes: list[BenchProcess]) -> PhaseMemory:
+        memory = cls()
+        for proc in processes:
+            hwm = peak_rss_mb(proc.process.pid)
+            if hwm is not None:
+                memory.hwm_before[proc] = hwm
+        return memory
+
+    def sample(self, processes: list[BenchProcess]) -> None:
+        for proc in processes:
+            rss = rss_mb(proc.process.pid)
+            hwm = peak_rss_mb(proc.process.pid)
+            if rss is not None:
+                self.rss_max[proc] = max(self.rss_max.get(proc, 0.0), rss)
+            if hwm is not None:
+                self.hwm_now[proc] = hwm
+
+    async def run(self, cluster: BenchCluster, interval: float = 0.1) -> None:
+        """Sample the cluster's processes until cancelled."""
+        while True:
+            self.sample(list(cluster.processes))
+            await trio.sleep(interval)
+
+    def peaks_by_role(self) -> dict[str, float]:
+        peaks: dict[str, float] = {}
+        for proc, hwm in self.hwm_now.items():
+            before = self.hwm_before.get(proc)
+            peak = hwm if before is None or hwm > before else self.rss_max.get(proc, 0.0)
+            peaks[proc.role] = round(max(peaks.get(proc.role, 0.0), peak), 1)
+        return peaks
+
+
+async def add_backlog(db: Database, tasks: int, progress: Progress) -> None:
+    chunk = 200_000
+    for offset in range(0, tasks, chunk):
+        await db.execute(
+            """INSERT INTO tasks (task_id, command, scheduled_at)
+               SELECT gen_random_uuid(), 'backlog', clock_timestamp() - interval '1 second'
+               FROM generate_series(1, $1)""",
+            min(chunk, tasks - offset),
+        )
+        progress.step("adding a due backlog", min(1.0, (offset + chunk) / tasks))
+
+
+async def clear_backlog(db: Database) -> None:
+    """Delete the backlog, then everything but the history.
+
+    In slices: one DELETE of a million rows could outlast the pool's 30 s statement
+    timeout. For the same reason no VACUUM (a million dead rows and their index entries):
+    ANALYZE keeps the planner's figures right for whatever runs next, and autovacuum
+    reclaims the space.
+    """
+    while True:
+        deleted = await db.execute(
+            "DELETE FROM tasks WHERE task_id IN (SELECT task_id FROM tasks"
+            " WHERE status = 'scheduled' LIMIT 100000)"
+        )
+        if deleted == "DELETE 0":
+            break
+    await db.execute(CLEAR)
+    await db.execute("ANALYZE tasks")
+
+
+async def bench_backlog(
+    db: Database, cluster: BenchCluster, plan: BenchPlan, progress: Progress
+) -> tuple[float, dict[str, float]]:
+    """`backlog_tasks` due tasks and `latency_workers` workers for `backlog_seconds`:
+    tasks completed per second, and each role's peak RSS from the insert to the end."""
+    memory = PhaseMemory.start(list(cluster.processes))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(memory.run, cluster)
+        await add_backlog(db, plan.backlog_tasks, progress)
+        procs = await cluster.start_workers(plan.latency_workers)
+        label = f"due backlog, {plan.latency_workers} workers"
+        left_before = await count_unfinished(db)
+        start = trio.current_time()
+        while (elapsed := trio.current_time() - start) < plan.backlog_seconds:
+            progress.step(label, elapsed / plan.backlog_seconds)
+            cluster.sample()
+            await trio.sleep(0.1)
+        left_after = await count_unfinished(db)
+        elapsed = trio.current_time() - start
+        progress.step(label, 1.0)
+        memory.sample(list(cluster.processes))
+        nursery.cancel_scope.cancel()
+    await cluster.stop(procs)
+    await clear_backlog(db)
+    await cluster.wait_workers_gone()
+    return (left_before - left_after) / elapsed, memory.peaks_by_role()
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def _server(url: str) -> str:
+    """host:port of a PostgreSQL URL (no user, no password)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+
+
+def unreachable(url: str, exc: BaseException, *, default_url: bool) -> str:
+    reason = one_line(exc).removeprefix("database unavailable: ")
+    if default_url:
+        return (f"cannot reach PostgreSQL at {_server(url)} (the default --database-url; none "
+                f"was given): {reason}. Run `tm bench --embedded` to start a private "
+                "PostgreSQL for the bench, or give --database-url / TM_DATABASE_URL")
+    return f"cannot reach PostgreSQL at {_server(url)} (--database-url): {reason}"
+
+
+async def run_bench(database_url: str, plan: BenchPlan, result: BenchResult | None = None,
+                    *, default_url: bool = False) -> BenchResult:
     progress = Progress()
-    result = BenchResult(plan=asdict(plan), started_at=format_time(datetime.now(UTC)) or "")
+    if result is None:
+        result = new_result(plan)
     name = f"tm_bench_{uuid.uuid4().hex[:8]}"
     base = database_url.rsplit("/", 1)[0]
     bench_url = f"{base}/{name}"
     async with trio_asyncio.open_loop():
-        async with open_database(f"{base}/postgres", max_size=1, create=False) as admin:
-            await admin.execute(f"CREATE DATABASE {name}")
+        try:
+            async with open_database(f"{base}/postgres", max_size=1, create=False,
+                                     retry_for=0) as admin:
+                await admin.execute(f"CREATE DATABASE {name}")
+        except DatabaseUnavailable as exc:
+            raise BenchError(unreachable(database_url, exc, default_url=default_url)) from None
         try:
             with tempfile.TemporaryDirectory(prefix="tm-bench-") as logs:
                 cluster = BenchCluster(bench_url, Path(logs))
@@ -268,7 +310,7 @@ async def _phases(
     await cluster.start_servers()
     async with open_database(cluster.database_url, max_size=2) as db:
         result.ingest_single_rps, result.errors = await bench_ingest_single(
-            cluster.url, plan, progress
+            Target.from_url(cluster.url), plan, progress
         )
         result.ingest_batch_tps = await bench_ingest_batch(cluster.url, plan, progress)
         await db.execute(CLEAR)
@@ -281,57 +323,126 @@ async def _phases(
             db, cluster, plan.latency_workers, plan, progress
         )
         result.history_latency_ms = await bench_latency(db, cluster, plan, progress)
+        result.backlog_drain_tps, result.backlog_peak_rss_mb = await bench_backlog(
+            db, cluster, plan, progress
+        )
+        result.backlog_tasks = plan.backlog_tasks
+        result.backlog_coordinator_rss_mb = result.backlog_peak_rss_mb.get("coordinator", 0.0)
     cluster.sample()
     result.peak_rss_mb = {role: round(mb, 1) for role, mb in cluster.peaks.items()}
     progress.done("benchmark finished")
 
 
-def render(result: BenchResult) -> str:
-    def ms(figures: dict[str, float]) -> str:
-        if not figures:
-            return "-"
-        return " / ".join(f"{figures[k]:.1f}" for k in ("p50", "p95", "p99", "max"))
+@contextlib.contextmanager
+def embedded_postgres() -> Iterator[str]:
+    """A private PostgreSQL for one run (tm/devdb.py, as `tm dev` uses), thrown away after.
 
-    lines = [
-        "| figure | value |",
-        "|---|---|",
-        f"| single-task ingest, c={result.plan['ingest_concurrency']} | "
-        f"{result.ingest_single_rps:,.0f} req/s |",
-        f"| batch ingest ({result.plan['batch_size']:,}/request) | "
-        f"{result.ingest_batch_tps:,.0f} tasks/s |",
-    ]
-    for workers, tps in result.drain_tps.items():
-        lines.append(
-            f"| drain {result.plan['drain_tasks']:,} tasks, {workers} workers | "
-            f"{tps:,.0f} tasks/s |"
-        )
-    lines.append(
-        f"| due→started ms p50/p95/p99/max ({result.plan['latency_rate']}/s) | "
-        f"{ms(result.latency_ms)} |"
-    )
-    lines.append(
-        f"| drain, {result.plan['latency_workers']} workers, with "
-        f"{result.history_rows:,} finished | {result.history_drain_tps:,.0f} tasks/s |"
-    )
-    lines.append(
-        f"| due→started ms with {result.history_rows:,} finished | "
-        f"{ms(result.history_latency_ms)} |"
-    )
-    for role, mb in sorted(result.peak_rss_mb.items()):
-        lines.append(f"| peak RSS, {role} | {mb:.0f} MB |")
-    early = result.latency_ms.get("started_early", 0) + result.history_latency_ms.get(
-        "started_early", 0
-    )
-    lines.append(f"| tasks started before due | {early:.0f} |")
-    return "\n".join(lines)
+    Durable settings (fsync on), unlike `tm dev`'s: the figures should be those of a real
+    server.
+    """
+    from tm.devdb import run_postgres
+
+    root = Path(tempfile.mkdtemp(prefix="tm-bench-pg-"))
+    try:
+        with run_postgres(root, fast=False) as url:
+            yield url
+    finally:
+        location = root / "pgdata-location"  # where devdb put it, if not under root
+        if location.exists():
+            shutil.rmtree(location.read_text().strip(), ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
-def main(database_url: str, quick: bool, json_path: Path | None) -> BenchResult:
+def new_result(plan: BenchPlan) -> BenchResult:
+    return BenchResult(plan=asdict(plan), started_at=format_time(datetime.now(UTC)) or "")
+
+
+def _find(exc: BaseException, kind: type[E]) -> E | None:
+    """The exception of `kind` in `exc` (perhaps inside exception groups)."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM stops the bench the way Ctrl-C does: its processes stopped, its database
+    dropped, its private PostgreSQL stopped. (Python's default would die on the spot and
+    leave all of them running.) Not when SIGINT is ignored (a background job)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_mode(plan: BenchPlan, result: BenchResult, *, database_url: str | None,
+              default_url: bool, embedded: bool, url: str | None, token: str | None) -> None:
+    try:
+        if url is not None:
+            from tm.bench.remote import run_remote
+
+            trio.run(run_remote, url, token, plan, result)
+        elif embedded:
+            from tm.devdb import DevDatabaseError
+
+            with contextlib.ExitStack() as stack:
+                try:
+                    pg_url = stack.enter_context(embedded_postgres())
+                except DevDatabaseError as exc:
+                    raise BenchError(
+                        one_line(f"cannot start a private PostgreSQL: {exc}")
+                    ) from None
+                result.mode = "embedded"
+                trio.run(run_bench, pg_url, plan, result)
+        else:
+            assert database_url is not None
+            trio.run(lambda: run_bench(database_url, plan, result, default_url=default_url))
+    except BaseExceptionGroup as group:
+        # Errors come out of trio's nurseries wrapped in groups: show the one that says
+        # why (a BenchError), or stop as Ctrl-C stops a command (click: "Aborted!").
+        error = _find(group, BenchError)
+        if error is not None:
+            raise error from None
+        if _find(group, KeyboardInterrupt) is not None:
+            raise KeyboardInterrupt from None
+        raise
+
+
+def main(
+    *,
+    quick: bool,
+    json_path: Path | None,
+    database_url: str | None = None,
+    default_url: bool = False,
+    embedded: bool = False,
+    url: str | None = None,
+    token: str | None = None,
+) -> BenchResult:
+    """Run the bench in one of its three modes: `url` (a running cluster), `embedded` (own
+    cluster on a private PostgreSQL) or own cluster on `database_url`'s server. Raises
+    BenchError (one line) when it cannot run."""
     plan = BenchPlan.quick() if quick else BenchPlan()
     start = time.monotonic()
-    result = trio.run(run_bench, database_url, plan)
+    result = new_result(plan)
+    with _sigterm_as_ctrl_c():
+        _run_mode(plan, result, database_url=database_url, default_url=default_url,
+                  embedded=embedded, url=url, token=token)
     if json_path is not None:
-        json_path.write_text(json.dumps(asdict(result), indent=2) + "\n")
+        json_path.write_text(json.dumps(as_json(result), indent=2) + "\n")
     print(render(result))
     print(f"\n(took {time.monotonic() - start:.0f} s)")
     return result
