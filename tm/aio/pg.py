@@ -181,9 +181,18 @@ async def _create_pool(url: str, min_size: int, max_size: int) -> Any:
         reset=_keep_session,
         command_timeout=30,
         max_inactive_connection_lifetime=60,
-        # JIT compiles a plan in ~0.2 s when its cost estimate is high, which a short
-        # query over a big table can have: never worth it for our statements.
-        server_settings={"application_name": "taskmaster", "timezone": "UTC", "jit": "off"},
+        server_settings={
+            "application_name": "taskmaster",
+            "timezone": "UTC",
+            # JIT compiles a plan in ~0.2 s when its cost estimate is high, which a short
+            # query over a big table can have: never worth it for our statements.
+            "jit": "off",
+            # Plan every execution for its parameters. After five runs of a prepared
+            # statement PostgreSQL may switch to one generic plan; for the claim, over a
+            # table of 1,000,000 finished tasks, that plan took 108 ms where a custom one
+            # takes 25 ms (drain -30%). Planning our statements costs well under 1 ms.
+            "plan_cache_mode": "force_custom_plan",
+        },
     )
 
 

@@ -68,6 +68,16 @@ async def count_unfinished(db: Database) -> int:
     )
 
 
+def uuid7_sql(at: str) -> str:
+    """SQL for a task id made at time `at`, shaped like the API's (UUIDv7, tm.core.ids), so
+    that rows inserted by the bench sit in the indexes as submitted tasks would."""
+    return (
+        "encode(set_byte(overlay(uuid_send(gen_random_uuid()) PLACING substring("
+        f"int8send((extract(epoch FROM {at}) * 1000)::int8) FROM 3) FROM 1 FOR 6), "
+        "6, 112 + (random() * 15)::int), 'hex')::uuid"
+    )
+
+
 CLEAR = "DELETE FROM tasks WHERE command <> 'history'"
 
 
@@ -77,9 +87,10 @@ async def bench_drain(
     procs = await cluster.start_workers(workers)
     label = f"drain, {workers} worker{'s' if workers > 1 else ''}"
     await db.execute(
-        """INSERT INTO tasks (task_id, command, scheduled_at)
-           SELECT gen_random_uuid(), 'bench ' || i, clock_timestamp() - interval '1 second'
-           FROM generate_series(1, $1) AS i""",
+        f"""INSERT INTO tasks (task_id, command, scheduled_at)
+            SELECT {uuid7_sql('clock_timestamp()')}, 'bench ' || i,
+                   clock_timestamp() - interval '1 second'
+            FROM generate_series(1, $1) AS i""",
         plan.drain_tasks,
     )
     start = trio.current_time()
@@ -137,10 +148,10 @@ async def add_history(db: Database, rows: int, progress: Progress) -> None:
     chunk = 200_000
     for offset in range(0, rows, chunk):
         await db.execute(
-            """INSERT INTO tasks (task_id, command, status, scheduled_at, created_at, picked_at,
-                                  started_at, completed_at, attempt, worker_id, exit_code, output)
-               SELECT gen_random_uuid(), 'history', 'completed', t, t, t, t, t, 1, 'w-old', 0,
-                      'history'
+            f"""INSERT INTO tasks (task_id, command, status, scheduled_at, created_at, picked_at,
+                                   started_at, completed_at, attempt, worker_id, exit_code, output)
+                SELECT {uuid7_sql('t')}, 'history', 'completed', t, t, t, t, t, 1, 'w-old', 0,
+                       'history'
                FROM (SELECT clock_timestamp() - make_interval(secs => i) AS t
                      FROM generate_series(1, $1) AS i) AS s""",
             min(chunk, rows - offset),
@@ -203,9 +214,10 @@ async def add_backlog(db: Database, tasks: int, progress: Progress) -> None:
     chunk = 200_000
     for offset in range(0, tasks, chunk):
         await db.execute(
-            """INSERT INTO tasks (task_id, command, scheduled_at)
-               SELECT gen_random_uuid(), 'backlog', clock_timestamp() - interval '1 second'
-               FROM generate_series(1, $1)""",
+            f"""INSERT INTO tasks (task_id, command, scheduled_at)
+                SELECT {uuid7_sql('clock_timestamp()')}, 'backlog',
+                       clock_timestamp() - interval '1 second'
+                FROM generate_series(1, $1)""",
             min(chunk, tasks - offset),
         )
         progress.step("adding a due backlog", min(1.0, (offset + chunk) / tasks))
