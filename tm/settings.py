@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from tm.tls import TlsFiles
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/taskmaster"
+MAX_SCHEDULER_PROCESSES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +18,13 @@ class SchedulerSettings:
     # Workers whose last heartbeat is older than this are not listed by GET /workers.
     worker_timeout_s: float = 5.0
     pool_size: int = 10
+    # Processes serving http_addr together (`tm scheduler --processes`; see
+    # tm/scheduler/processes.py). `serve_scheduler` itself is always one process.
+    processes: int = 1
+    # Bind with SO_REUSEPORT, so other processes can listen on the same address and the
+    # kernel spreads connections over them. Set for every process of a multi-process
+    # scheduler; off otherwise, so a second scheduler on a taken port fails as before.
+    reuse_port: bool = False
 
 
 @dataclass(frozen=True, slots=True)
