@@ -69,7 +69,8 @@ async def test_quick_bench_on_its_own_cluster_measures_everything(
         assert all(mb > 0 for mb in peaks.values()), peaks
 
     table = ran.stdout.decode()
-    assert "| single-task ingest, c=16 |" in table
+    assert result["plan"]["scheduler_processes"] == 2
+    assert "| single-task ingest, c=16, 2 scheduler processes |" in table
     assert "| peak RSS, coordinator, 20,000-task due backlog |" in table
     assert "| tasks started before due | 0 |" in table
     assert "not measured" not in table
@@ -125,6 +126,7 @@ async def test_quick_bench_against_a_running_cluster_over_http(
         assert result[name] is None, name
     table = ran.stdout.decode()
     assert "| peak RSS | not measured (--url) |" in table
+    assert "| single-task ingest, c=16 |" in table  # its processes are not the bench's
     assert "due backlog | not measured (--url) |" in table
 
     # Ingest tasks were cancelled; drain and latency tasks ran; nothing is left waiting.

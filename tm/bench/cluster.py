@@ -41,6 +41,20 @@ def rss_mb(pid: int) -> float | None:
     return _status_mb(pid, "VmRSS:")
 
 
+def listening_sockets(port: int) -> int:
+    """IPv4 TCP sockets listening on `port` (one per scheduler process), from /proc/net/tcp."""
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return 1 << 30  # not Linux: cannot tell, do not wait
+    count = 0
+    for line in lines:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            count += 1
+    return count
+
+
 @dataclass(eq=False)
 class BenchProcess:
     role: str
@@ -48,9 +62,18 @@ class BenchProcess:
     peak_mb: float = 0.0
 
     def sample(self) -> None:
-        value = peak_rss_mb(self.process.pid)
-        if value is not None:
-            self.peak_mb = max(self.peak_mb, value)
+        """The largest peak RSS of the process and its children (a multi-process scheduler)."""
+        for pid in (self.process.pid, *_children(self.process.pid)):
+            value = peak_rss_mb(pid)
+            if value is not None:
+                self.peak_mb = max(self.peak_mb, value)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
 
 
 @dataclass(eq=False)
@@ -85,8 +108,9 @@ class BenchCluster:
         self.processes.append(proc)
         return proc
 
-    async def start_servers(self) -> None:
-        await self._start("scheduler", "--http-addr", f"127.0.0.1:{self.http_port}")
+    async def start_servers(self, scheduler_processes: int = 1) -> None:
+        await self._start("scheduler", "--http-addr", f"127.0.0.1:{self.http_port}",
+                          "--processes", str(scheduler_processes))
         await self._start("coordinator", "--grpc-addr", f"127.0.0.1:{self.grpc_port}")
         async with httpx.AsyncClient(base_url=self.url, timeout=5) as client:
             with trio.fail_after(60):
@@ -96,6 +120,10 @@ class BenchCluster:
                             break
                     except httpx.HTTPError:
                         pass
+                    await trio.sleep(0.1)
+                # Connections are kept open for a whole phase: every scheduler process must
+                # listen before the first one is made, or the latecomers get none.
+                while listening_sockets(self.http_port) < scheduler_processes:
                     await trio.sleep(0.1)
 
     async def start_workers(self, count: int) -> list[BenchProcess]:

@@ -319,7 +319,7 @@ async def run_bench(database_url: str, plan: BenchPlan, result: BenchResult | No
 async def _phases(
     cluster: BenchCluster, plan: BenchPlan, result: BenchResult, progress: Progress
 ) -> None:
-    await cluster.start_servers()
+    await cluster.start_servers(plan.scheduler_processes)
     async with open_database(cluster.database_url, max_size=2) as db:
         result.ingest_single_rps, result.errors = await bench_ingest_single(
             Target.from_url(cluster.url), plan, progress
