@@ -32,6 +32,7 @@ def credits(draw: st.DrawFn, worker_id: str | None = None) -> Credit:
         accepted_total=accepted,
         sent_total=accepted + draw(st.integers(min_value=0, max_value=10)),
         draining=draw(st.booleans()),
+        released_total=draw(st.integers(min_value=0, max_value=accepted)),
     )
 
 
@@ -107,20 +108,23 @@ def test_release_never_goes_below_what_was_accepted(credit: Credit, count: int) 
 
 
 @FAST
-@given(credits(), st.integers(0, 8), st.integers(0, 10), st.integers(0, 60), st.booleans())
+@given(credits(), st.integers(0, 8), st.integers(0, 10), st.integers(0, 60), st.booleans(),
+       st.integers(0, 60))
 def test_advertise_applies_only_adverts_not_older(
-    credit: Credit, capacity: int, free: int, accepted: int, draining: bool
+    credit: Credit, capacity: int, free: int, accepted: int, draining: bool, released: int
 ) -> None:
     after = advertise(
-        credit, capacity=capacity, free_slots=free, accepted_total=accepted, draining=draining
+        credit, capacity=capacity, free_slots=free, accepted_total=accepted, draining=draining,
+        released_total=released,
     )
-    if accepted < credit.accepted_total:
+    if accepted < credit.accepted_total or released < credit.released_total:
         assert after == credit
         return
     assert after.worker_id == credit.worker_id
     assert after.capacity == capacity
     assert after.free_slots == min(free, capacity)
     assert after.accepted_total == accepted
+    assert after.released_total == released
     assert after.sent_total == max(credit.sent_total, accepted)
     assert after.draining is draining
     assert after.available <= capacity
@@ -138,6 +142,23 @@ def test_stale_heartbeat_after_a_push_does_not_give_slots_back() -> None:
     assert credit.available == 1
     # A heartbeat even older than that is ignored altogether.
     assert advertise(credit, capacity=2, free_slots=2, accepted_total=1, draining=False) == credit
+
+
+def test_a_heartbeat_overtaken_by_a_report_does_not_take_slots_back() -> None:
+    """Same accepted_total, fewer released: written before the report that arrived first.
+    Applying it would shrink the credit under a push already planned (which then has to be
+    handed back and dispatched again)."""
+    credit = advertise(idle("w", 4), capacity=4, free_slots=0, accepted_total=4,
+                       draining=False, released_total=0)
+    # The report, written after two tasks finished, arrives first.
+    credit = advertise(credit, capacity=4, free_slots=2, accepted_total=4, draining=False,
+                       released_total=2)
+    assert credit.available == 2
+    # The heartbeat written before they finished arrives second: ignored.
+    late = advertise(credit, capacity=4, free_slots=0, accepted_total=4, draining=False,
+                     released_total=0)
+    assert late == credit
+    assert late.available == 2
 
 
 def test_draining_advert_stops_dispatch() -> None:

@@ -102,6 +102,7 @@ class Coordinator:
             free_slots=capacity.free_slots,
             accepted_total=capacity.accepted_total,
             draining=capacity.draining,
+            released_total=capacity.released_total,
         )
         link = WorkerLink(
             worker_id=request.worker_id,
@@ -231,6 +232,7 @@ class Coordinator:
             free_slots=capacity.free_slots,
             accepted_total=capacity.accepted_total,
             draining=capacity.draining,
+            released_total=capacity.released_total,
         )
         metrics.WORKER_FREE_SLOTS.labels(link.worker_id).set(link.credit.available)
         if link.credit.available > before:

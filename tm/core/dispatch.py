@@ -9,7 +9,9 @@ ever accepted. The coordinator counts `sent_total`, every task it has pushed to 
 
 This closes the race where a heartbeat, written before a push arrived, would otherwise
 re-advertise slots the push already used. Adverts are applied only if they are not older
-than the one held (accepted_total never goes back).
+than the one held: `accepted_total` and `released_total` (tasks the worker has ever let
+go of) never go back, so an advert with either below the held one was written earlier —
+a heartbeat overtaken by a report, say — and would shrink the credit wrongly.
 
 Invariant: the tasks a worker holds never exceed the capacity it advertised, because every
 push is planned out of `available`, and the worker refuses anything beyond it anyway.
@@ -30,6 +32,7 @@ class Credit:
     accepted_total: int = 0
     sent_total: int = 0
     draining: bool = False
+    released_total: int = 0
 
     @property
     def in_flight(self) -> int:
@@ -43,16 +46,23 @@ class Credit:
 
 
 def advertise(
-    credit: Credit, *, capacity: int, free_slots: int, accepted_total: int, draining: bool
+    credit: Credit,
+    *,
+    capacity: int,
+    free_slots: int,
+    accepted_total: int,
+    draining: bool,
+    released_total: int = 0,
 ) -> Credit:
     """Apply a worker's capacity report, unless it is older than the one already held."""
-    if accepted_total < credit.accepted_total:
+    if accepted_total < credit.accepted_total or released_total < credit.released_total:
         return credit
     return replace(
         credit,
         capacity=capacity,
         free_slots=min(free_slots, capacity),
         accepted_total=accepted_total,
+        released_total=released_total,
         # The worker has accepted more than this coordinator sent it (it served another,
         # or this one restarted): nothing of ours can still be in flight beyond that.
         sent_total=max(credit.sent_total, accepted_total),

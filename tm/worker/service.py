@@ -78,6 +78,7 @@ class Worker:
         self.executor = executor
         self.held: dict[str, Held] = {}
         self.accepted_total = 0
+        self.released_total = 0
         self.draining = False
         self.address = ""
         self._queue_send, self._queue_receive = trio.open_memory_channel[Held](math.inf)
@@ -110,6 +111,7 @@ class Worker:
             free_slots=free,
             accepted_total=self.accepted_total,
             draining=self.draining,
+            released_total=self.released_total,
         )
 
     def held_messages(self) -> list[pb.HeldTask]:
@@ -191,7 +193,8 @@ class Worker:
         self._outbox_ready.set()
 
     def _finish(self, held: Held) -> None:
-        self.held.pop(held.task.task_id, None)
+        if self.held.pop(held.task.task_id, None) is not None:
+            self.released_total += 1
         if not self.held:
             self._idle.set()
 

@@ -115,8 +115,15 @@ class Capacity(betterproto2.Message):
     free_slots: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
 
     accepted_total: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+    """
+    Tasks this worker has ever accepted, and ever let go of (finished, returned or
+    dropped): both only grow, so the coordinator can tell an advert written earlier
+    that arrives later (a heartbeat overtaken by a report) and ignore it.
+    """
 
     draining: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+
+    released_total: "int" = betterproto2.field(5, betterproto2.TYPE_UINT64)
 
 
 default_message_pool.register_message("taskmaster.v1", "Capacity", Capacity)
