@@ -54,6 +54,7 @@ async def test_quick_bench_on_its_own_cluster_measures_everything(
     assert result["errors"] == 0
     assert result["ingest_single_rps"] > 0
     assert result["ingest_batch_tps"] > 0
+    assert result["ingest_batch_concurrent_tps"] > 0
     assert result["drain_tps"] and all(tps > 0 for tps in result["drain_tps"].values())
     assert set(result["drain_tps"]) == {str(n) for n in result["plan"]["drain_workers"]}
     assert_latency(result["latency_ms"])
@@ -112,6 +113,7 @@ async def test_quick_bench_against_a_running_cluster_over_http(
     assert result["errors"] == 0
     assert result["ingest_single_rps"] > 0
     assert result["ingest_batch_tps"] > 0
+    assert result["ingest_batch_concurrent_tps"] > 0
     assert result["cluster_workers"] == 3
     assert set(result["drain_tps"]) == {"cluster"}
     assert result["drain_tps"]["cluster"] > 0

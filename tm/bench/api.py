@@ -97,18 +97,31 @@ async def bench_ingest_single(
 
 async def bench_ingest_batch(
     url: str, plan: BenchPlan, progress: Progress, *, command: str = "bench",
-    token: str | None = None,
+    token: str | None = None, clients: int = 1,
 ) -> float:
-    """POST /tasks with `batch_size` tasks per request, `batches` times, one after another."""
+    """POST /tasks with `batch_size` tasks per request, `batches` requests in all, shared by
+    `clients` clients at once (each waits for its answer before sending the next)."""
     body = {"tasks": [{"command": command, "scheduled_at": FAR}] * plan.batch_size}
     payload = json.dumps(body)
-    async with open_client(url, token, timeout=120) as client:
-        start = trio.current_time()
-        for index in range(plan.batches):
-            await call(client, "POST", "/tasks", content=payload)
-            progress.step("batch ingest", (index + 1) / plan.batches)
-        elapsed = trio.current_time() - start
-    return plan.batch_size * plan.batches / elapsed
+    total = max(plan.batches, clients)
+    started = sent = 0
+    label = f"batch ingest, {clients} client{'s' if clients > 1 else ''}"
+
+    async def client_loop() -> None:
+        nonlocal started, sent
+        async with open_client(url, token, timeout=120) as client:
+            while started < total:
+                started += 1
+                await call(client, "POST", "/tasks", content=payload)
+                sent += 1
+                progress.step(label, sent / total)
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for _ in range(clients):
+            nursery.start_soon(client_loop)
+    elapsed = trio.current_time() - start
+    return plan.batch_size * total / elapsed
 
 
 # ---------------------------------------------------------------------------- finding tasks

@@ -21,7 +21,9 @@ class BenchPlan:
     # stack below what the database takes); not used with --url.
     scheduler_processes: int = 2
     batch_size: int = 10_000
-    batches: int = 10
+    batches: int = 12
+    # Batch ingest is measured from one client, then from this many at once.
+    batch_clients: int = 4
     drain_tasks: int = 50_000
     drain_workers: tuple[int, ...] = (1, 3, 6)
     latency_rate: int = 200
@@ -59,7 +61,8 @@ class BenchResult:
     # Phases not run, with the reason (e.g. "not measured (--url)").
     skipped: dict[str, str] = field(default_factory=dict)
     ingest_single_rps: float = 0.0
-    ingest_batch_tps: float = 0.0
+    ingest_batch_tps: float = 0.0  # one client
+    ingest_batch_concurrent_tps: float = 0.0  # plan.batch_clients clients
     # Workers started by the bench -> tasks/s; in "url" mode one entry, "cluster": the
     # running cluster's own workers (`cluster_workers` of them were listed).
     drain_tps: dict[str, float] = field(default_factory=dict)
@@ -161,8 +164,10 @@ def render(result: BenchResult) -> str:
         "|---|---|",
         f"| single-task ingest, c={plan['ingest_concurrency']}{processes} | "
         f"{result.ingest_single_rps:,.0f} req/s |",
-        f"| batch ingest ({plan['batch_size']:,}/request) | "
+        f"| batch ingest ({plan['batch_size']:,}/request), 1 client | "
         f"{result.ingest_batch_tps:,.0f} tasks/s |",
+        f"| batch ingest ({plan['batch_size']:,}/request), {plan['batch_clients']} clients"
+        f"{processes} | {result.ingest_batch_concurrent_tps:,.0f} tasks/s |",
     ]
     for workers, tps in result.drain_tps.items():
         if workers == "cluster":

@@ -203,6 +203,9 @@ async def run_remote(url: str, token: str | None, plan: BenchPlan,
             result.ingest_batch_tps = await bench_ingest_batch(
                 url, plan, progress, command=ingest, token=token
             )
+            result.ingest_batch_concurrent_tps = await bench_ingest_batch(
+                url, plan, progress, command=ingest, token=token, clients=plan.batch_clients
+            )
             result.cancelled_after_ingest = await cancel_ingest(
                 client, target, ingest, since, progress
             )

@@ -325,6 +325,9 @@ async def _phases(
             Target.from_url(cluster.url), plan, progress
         )
         result.ingest_batch_tps = await bench_ingest_batch(cluster.url, plan, progress)
+        result.ingest_batch_concurrent_tps = await bench_ingest_batch(
+            cluster.url, plan, progress, clients=plan.batch_clients
+        )
         await db.execute(CLEAR)
         for workers in plan.drain_workers:
             result.drain_tps[str(workers)] = await bench_drain(db, cluster, workers, plan, progress)
