@@ -377,10 +377,23 @@ async def claim(
 
     One statement, committed before anything is pushed; SKIP LOCKED lets any number of
     coordinators claim at once without ever sharing a task.
+
+    Bitmap scans are off for it. The planner's count of scheduled tasks comes from the
+    last ANALYZE, and a queue outruns that: a million tasks submitted since, still
+    estimated at a thousand, made it read all of them with a bitmap scan and sort them on
+    disk for each claim (330 ms instead of 20; the drain of a 1,000,000-task backlog went
+    at a quarter of its speed). Walking the due index in order and stopping at the limit
+    is right at any size.
     """
     if not slots:
         return []
-    rows = await db.fetch(CLAIM, list(slots), len(slots), coordinator_id, lease_s)
+
+    async def work(conn: Connection) -> list[Any]:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL enable_bitmapscan = off")
+            return await conn.fetch(CLAIM, list(slots), len(slots), coordinator_id, lease_s)
+
+    rows = await db.run(work)
     return [
         Claimed(
             r["task_id"],
