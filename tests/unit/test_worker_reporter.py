@@ -264,3 +264,29 @@ async def test_a_report_failing_after_some_batches_loses_nothing() -> None:
     assert coordinator.delivered == coordinator.attempts[:3] + coordinator.attempts[5:]
     assert [u.task_id for u in coordinator.updates()] == [t.task_id for t in pushed]
     check_each_task_reported_once(coordinator, pushed)
+
+
+async def test_a_finished_task_stays_held_until_its_result_is_delivered() -> None:
+    """Heartbeats renew the leases of what `held_messages` lists: a task whose result is
+    stuck in the outbox (the coordinator cannot store reports) must stay listed, or its
+    lease lapses and it runs again (seen once in the database-outage e2e test)."""
+    worker = Worker(settings(report_batch=8, concurrency=2), instant)
+    coordinator = FakeCoordinator(worker.id)
+    coordinator.fail = {
+        n: RpcFailed("127.0.0.1:1: UNAVAILABLE database down", delivered=False)
+        for n in range(3)
+    }
+    pushed = tasks(3)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for _ in range(worker.settings.concurrency):
+                nursery.start_soon(worker.run_executor)
+            await push_all(worker, pushed)
+            await wait_for(lambda: not worker.held)  # all ran; their results not delivered
+            listed = {(h.task_id, h.attempt) for h in worker.held_messages()}
+            assert listed == {(t.task_id, t.attempt) for t in pushed}
+            assert worker.capacity_message().free_slots == worker.capacity  # slots are free
+            nursery.start_soon(worker.run_reporter, coordinator)
+            await wait_for(lambda: not worker.held_messages())  # delivered: nothing to renew
+            assert coordinator.finished() == {t.task_id for t in pushed}
+            nursery.cancel_scope.cancel()

@@ -115,9 +115,18 @@ class Worker:
         )
 
     def held_messages(self) -> list[pb.HeldTask]:
-        return [
+        """What heartbeats renew the leases of: the tasks held, and the tasks finished here
+        whose result has not reached the coordinator yet. Their lease must not lapse while
+        the report waits out an outage: an expired lease would run a finished task again."""
+        held = [
             pb.HeldTask(task_id=h.task.task_id, attempt=h.task.attempt) for h in self.held.values()
         ]
+        held += [
+            pb.HeldTask(task_id=u.task_id, attempt=u.attempt)
+            for u in self._outbox
+            if u.kind != Kind.STARTED and u.task_id not in self.held
+        ]
+        return held
 
     # ------------------------------------------------------------------ WorkerService
 
