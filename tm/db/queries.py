@@ -74,23 +74,30 @@ class Inserted:
         assert self.created_at is not None
         task = self.task
         return {
+            **NEW_ROW_DEFAULTS,
             "task_id": task.task_id,
             "command": task.command,
-            "status": Status.SCHEDULED.value,
             "scheduled_at": task.scheduled_at or self.created_at,
             "created_at": self.created_at,
-            "picked_at": None,
-            "started_at": None,
-            "completed_at": None,
-            "failed_at": None,
-            "cancelled_at": None,
-            "attempt": 0,
             "max_attempts": task.max_attempts,
-            "worker_id": None,
-            "exit_code": None,
-            "output": None,
-            "error": None,
         }
+
+
+# What a task row just stored by INSERT_TASKS holds besides its input and creation time
+# (the column defaults; every value is also its own JSON form).
+NEW_ROW_DEFAULTS: dict[str, Any] = {
+    "status": Status.SCHEDULED.value,
+    "picked_at": None,
+    "started_at": None,
+    "completed_at": None,
+    "failed_at": None,
+    "cancelled_at": None,
+    "attempt": 0,
+    "worker_id": None,
+    "exit_code": None,
+    "output": None,
+    "error": None,
+}
 
 
 def _sparse(values: list[Any], default: Any = None) -> list[Any]:

@@ -44,7 +44,7 @@ from tm.db import queries
 from tm.ids import new_id, new_ids
 from tm.scheduler import schemas as sc
 from tm.scheduler.ingest import GroupCommit
-from tm.scheduler.render import task_json, tasks_json, worker_json
+from tm.scheduler.render import inserted_json, task_json, tasks_json, worker_json
 from tm.settings import SchedulerSettings
 
 log = structlog.get_logger("tm.scheduler")
@@ -257,7 +257,7 @@ def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -
             created = sum(r.created for r in results)
             metrics.TASKS_CREATED.inc(created)
             log.info("batch scheduled", action="batch_created", count=len(tasks), created=created)
-            return json_response({"tasks": tasks_json(r.row for r in results)}, 201)
+            return json_response({"tasks": inserted_json(results)}, 201)
         task, created = await store_one(body)
         return json_response(task, 201 if created else 200)
 

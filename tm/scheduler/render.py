@@ -9,6 +9,7 @@ from typing import Any
 from tm.core.schedules import SCHEDULE_FIELDS
 from tm.core.tasks import TASK_FIELDS
 from tm.core.timefmt import format_time
+from tm.db.queries import NEW_ROW_DEFAULTS, Inserted
 
 _TIME_FIELDS = frozenset(
     {
@@ -53,6 +54,35 @@ def tasks_json(rows: Iterable[Any]) -> list[dict[str, Any]]:
     formatted once."""
     times: dict[datetime, str | None] = {}
     return [task_json(row, times) for row in rows]
+
+
+# A new task's answer, in contract order, with the fields its input sets still None.
+_NEW_TASK_JSON = {field: NEW_ROW_DEFAULTS.get(field) for field in TASK_FIELDS}
+
+
+def inserted_json(results: Iterable[Inserted]) -> list[dict[str, Any]]:
+    """The answer to a batch: like `tasks_json` of each result's row, built straight from
+    the input for the tasks just created (the hot path of batch ingest)."""
+    times: dict[datetime, str | None] = {}
+    out = []
+    for result in results:
+        if not result.created:
+            out.append(task_json(result.existing, times))
+            continue
+        task, created_at = result.task, result.created_at
+        assert created_at is not None
+        scheduled_at = task.scheduled_at or created_at
+        item = dict(_NEW_TASK_JSON)
+        item["task_id"] = str(task.task_id)
+        item["command"] = task.command
+        for field, value in (("scheduled_at", scheduled_at), ("created_at", created_at)):
+            text = times.get(value)
+            if text is None:
+                text = times[value] = format_time(value)
+            item[field] = text
+        item["max_attempts"] = task.max_attempts
+        out.append(item)
+    return out
 
 
 def worker_json(row: Any) -> dict[str, Any]:
