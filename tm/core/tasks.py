@@ -10,10 +10,9 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from tm.core.timefmt import TimeFormatError, parse_time
 
@@ -72,9 +71,11 @@ class InvalidInput(ValueError):
     """Client input that cannot be accepted. `str(exc)` is the message for a person."""
 
 
-@dataclass(frozen=True, slots=True)
-class NewTask:
-    """A validated request to create a task. `scheduled_at` None means "now" (database time)."""
+class NewTask(NamedTuple):
+    """A validated request to create a task. `scheduled_at` None means "now" (database time).
+
+    A NamedTuple: immutable, and cheap to make 10,000 times for a batch.
+    """
 
     task_id: uuid.UUID
     command: str

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from tm.aio.pg import Connection, Database
 from tm.core.lifecycle import WORKER_LOST
@@ -56,10 +56,10 @@ SELECT {TASK_COLUMNS}, idempotency_key FROM tasks WHERE idempotency_key = ANY($1
 SELECT_TASK = f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = $1"
 
 
-@dataclass(frozen=True, slots=True)
-class Inserted:
+class Inserted(NamedTuple):
     """One input task and whether this call created it: then `created_at` is its creation
-    time; otherwise `existing` is the stored row of the task holding its idempotency key."""
+    time; otherwise `existing` is the stored row of the task holding its idempotency key.
+    (A NamedTuple: cheap to make 10,000 times for a batch.)"""
 
     task: NewTask
     created: bool
