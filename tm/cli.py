@@ -5,12 +5,13 @@ from __future__ import annotations
 import errno
 import json
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from tm import logs
 from tm.core.addresses import split_address
+from tm.exceptions import find_exception
 from tm.settings import (
     DEFAULT_DATABASE_URL,
     MAX_SCHEDULER_PROCESSES,
@@ -33,37 +34,16 @@ def run(main: Callable[[trio.Event], Awaitable[None]], *, grace: float) -> None:
     try:
         run_service(main, grace=grace)
     except BaseException as exc:
-        in_use = _address_in_use(exc)
+        in_use = find_exception(exc, OSError, lambda e: e.errno == errno.EADDRINUSE)
         if in_use is None:
             raise
         raise click.ClickException(f"cannot listen: {in_use}") from None
 
 
-def _address_in_use(exc: BaseException) -> OSError | None:
-    """The 'address already in use' error inside `exc` (perhaps nested in groups)."""
-    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _address_in_use(inner)
-            if found is not None:
-                return found
-    return None
 
 
-E = TypeVar("E", bound=BaseException)
 
 
-def _find(exc: BaseException, kind: type[E]) -> E | None:
-    """The first exception of `kind` inside `exc` (perhaps nested in groups)."""
-    if isinstance(exc, kind):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _find(inner, kind)
-            if found is not None:
-                return found
-    return None
 
 
 def _address(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -207,7 +187,7 @@ def scheduler(
     try:
         run(main_, grace=grace)
     except BaseException as exc:
-        failed = _find(exc, SchedulerProcessFailed)
+        failed = find_exception(exc, SchedulerProcessFailed)
         if failed is None:
             raise
         raise click.ClickException(str(failed)) from None

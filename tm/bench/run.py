@@ -39,7 +39,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -52,8 +51,7 @@ from tm.bench.cluster import BenchCluster, BenchProcess, peak_rss_mb, rss_mb
 from tm.bench.load import Target
 from tm.bench.model import BenchPlan, BenchResult, Progress, as_json, percentiles, render
 from tm.core.timefmt import format_time
-
-E = TypeVar("E", bound=BaseException)
+from tm.exceptions import find_exception
 
 __all__ = ["BenchError", "BenchPlan", "BenchResult", "main", "render", "run_bench"]
 
@@ -372,16 +370,6 @@ def new_result(plan: BenchPlan) -> BenchResult:
     return BenchResult(plan=asdict(plan), started_at=format_time(datetime.now(UTC)) or "")
 
 
-def _find(exc: BaseException, kind: type[E]) -> E | None:
-    """The exception of `kind` in `exc` (perhaps inside exception groups)."""
-    if isinstance(exc, kind):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _find(inner, kind)
-            if found is not None:
-                return found
-    return None
 
 
 @contextlib.contextmanager
@@ -429,10 +417,10 @@ def _run_mode(plan: BenchPlan, result: BenchResult, *, database_url: str | None,
     except BaseExceptionGroup as group:
         # Errors come out of trio's nurseries wrapped in groups: show the one that says
         # why (a BenchError), or stop as Ctrl-C stops a command (click: "Aborted!").
-        error = _find(group, BenchError)
+        error = find_exception(group, BenchError)
         if error is not None:
             raise error from None
-        if _find(group, KeyboardInterrupt) is not None:
+        if find_exception(group, KeyboardInterrupt) is not None:
             raise KeyboardInterrupt from None
         raise
 
