@@ -75,6 +75,7 @@ async def test_due_occurrence_becomes_a_task_and_the_schedule_advances(url: str)
             assert [fire for _, fire in decided.created] == [due]
             task = await db.fetchrow("SELECT * FROM tasks WHERE task_id = $1",
                                      decided.created[0][0])
+            assert task["task_id"].version == 7  # time-ordered, like submitted tasks
             assert (task["command"], task["status"], task["scheduled_at"], task["fire_at"],
                     task["schedule_name"]) == ("run minutely", "scheduled", due, due, "minutely")
             row = await schedule_row(db, "minutely")

@@ -27,6 +27,7 @@ from tm.core.schedules import (
     plan_occurrences,
 )
 from tm.core.tasks import InvalidInput
+from tm.ids import new_id
 
 SCHEDULE_COLUMNS = """name, cron, timezone, command, max_attempts, timeout_s, at_most_once,
     overlap, catch_up, paused, created_at, updated_at, next_fire_at, last_fire_at,
@@ -270,7 +271,7 @@ async def materialize_due(
             for fire in plan.run:
                 for column, value in zip(
                     columns,
-                    (uuid.uuid4(), row["command"], fire, row["max_attempts"], row["timeout_s"],
+                    (new_id(), row["command"], fire, row["max_attempts"], row["timeout_s"],
                      row["at_most_once"], row["name"]),
                     strict=True,
                 ):
