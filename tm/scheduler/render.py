@@ -28,31 +28,36 @@ _TIME_FIELDS = frozenset(
 _TASK_TIME_FIELDS = tuple(f for f in TASK_FIELDS if f in _TIME_FIELDS)
 
 
-def task_json(row: Any, times: dict[datetime, str | None] | None = None) -> dict[str, Any]:
+Times = dict[datetime, str | None]
+
+
+def _format_once(value: datetime, times: Times) -> str | None:
+    """format_time(value), formatted once per answer: `times` caches it."""
+    text = times.get(value)
+    if text is None:
+        text = times[value] = format_time(value)
+    return text
+
+
+def task_json(row: Any, times: Times | None = None) -> dict[str, Any]:
     """Every contract field present; unset ones are null; times in UTC with microseconds.
 
     `times` caches formatted times across the rows of one answer (see `tasks_json`).
     """
+    times = {} if times is None else times
     out = {field: row[field] for field in TASK_FIELDS}
     out["task_id"] = str(out["task_id"])
     for field in _TASK_TIME_FIELDS:
         value = out[field]
-        if value is None:
-            continue
-        if times is None:
-            out[field] = format_time(value)
-        else:
-            text = times.get(value)
-            if text is None:
-                text = times[value] = format_time(value)
-            out[field] = text
+        if value is not None:
+            out[field] = _format_once(value, times)
     return out
 
 
 def tasks_json(rows: Iterable[Any]) -> list[dict[str, Any]]:
     """Many rows; the times they share (a batch's `scheduled_at`, `created_at`) are
     formatted once."""
-    times: dict[datetime, str | None] = {}
+    times: Times = {}
     return [task_json(row, times) for row in rows]
 
 
@@ -63,7 +68,7 @@ _NEW_TASK_JSON = {field: NEW_ROW_DEFAULTS.get(field) for field in TASK_FIELDS}
 def inserted_json(results: Iterable[Inserted]) -> list[dict[str, Any]]:
     """The answer to a batch: like `tasks_json` of each result's row, built straight from
     the input for the tasks just created (the hot path of batch ingest)."""
-    times: dict[datetime, str | None] = {}
+    times: Times = {}
     out = []
     for result in results:
         if not result.created:
@@ -75,11 +80,8 @@ def inserted_json(results: Iterable[Inserted]) -> list[dict[str, Any]]:
         item = dict(_NEW_TASK_JSON)
         item["task_id"] = str(task.task_id)
         item["command"] = task.command
-        for field, value in (("scheduled_at", scheduled_at), ("created_at", created_at)):
-            text = times.get(value)
-            if text is None:
-                text = times[value] = format_time(value)
-            item[field] = text
+        item["scheduled_at"] = _format_once(scheduled_at, times)
+        item["created_at"] = _format_once(created_at, times)
         item["max_attempts"] = task.max_attempts
         out.append(item)
     return out
