@@ -620,8 +620,7 @@ def schedules_edit(name: str, cron: str | None, command_: str | None, timezone: 
 @client_options
 def schedules_pause(name: str, url: str, api_token: str | None, as_json: bool) -> None:
     """Stop creating runs (runs already created are not touched)."""
-    with open_api(url, api_token) as api:
-        _print_schedule(api.call("PATCH", _path(name), json={"paused": True}), as_json)
+    _set_paused(name, True, url, api_token, as_json)
 
 
 @schedules.command("resume", epilog=EXIT_CODES_HELP)
@@ -629,8 +628,12 @@ def schedules_pause(name: str, url: str, api_token: str | None, as_json: bool) -
 @client_options
 def schedules_resume(name: str, url: str, api_token: str | None, as_json: bool) -> None:
     """Start creating runs again, from the next fire time (nothing is caught up)."""
+    _set_paused(name, False, url, api_token, as_json)
+
+
+def _set_paused(name: str, paused: bool, url: str, api_token: str | None, as_json: bool) -> None:
     with open_api(url, api_token) as api:
-        _print_schedule(api.call("PATCH", _path(name), json={"paused": False}), as_json)
+        _print_schedule(api.call("PATCH", _path(name), json={"paused": paused}), as_json)
 
 
 @schedules.command("delete", epilog=EXIT_CODES_HELP)
