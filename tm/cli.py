@@ -40,12 +40,6 @@ def run(main: Callable[[trio.Event], Awaitable[None]], *, grace: float) -> None:
         raise click.ClickException(f"cannot listen: {in_use}") from None
 
 
-
-
-
-
-
-
 def _address(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
