@@ -102,8 +102,14 @@ async def test_migrate_creates_schema(empty_database_url: str) -> None:
             ):
                 assert name in indexes
             assert "WHERE" in indexes["tasks_held_lease"]
-            # idempotency keys are unique (the insert path relies on ON CONFLICT)
-            assert any("UNIQUE" in d and "(idempotency_key)" in d for d in indexes.values())
+            # idempotency keys are unique (the insert path relies on ON CONFLICT); tasks
+            # without one, and tasks still scheduled, cost no entry in those indexes
+            key = indexes["tasks_idempotency_key"]
+            assert "UNIQUE" in key and "WHERE (idempotency_key IS NOT NULL)" in key
+            assert "WHERE (status <> 'scheduled'::text)" in indexes["tasks_left_backlog_at"]
+            # listing indexes ascend (new rows append at their right edge)
+            assert "(created_at, task_id)" in indexes["tasks_newest"]
+            assert "(status, created_at, task_id)" in indexes["tasks_status_newest"]
 
             recorded = await db.fetch("SELECT version, name FROM schema_migrations")
             assert [(r["version"], r["name"]) for r in recorded] == [
@@ -122,6 +128,24 @@ async def test_migrate_creates_schema(empty_database_url: str) -> None:
                 return "\n".join(r[0] for r in rows)
 
             assert "tasks_scheduled_due" in await db.transaction(explain)
+
+            # newest first (the listing's order) reads the ascending indexes backwards
+            async def explain_listing(conn: Connection) -> str:
+                await conn.execute("SET LOCAL enable_seqscan = off")
+                await conn.execute("SET LOCAL enable_bitmapscan = off")
+                plans = []
+                for where in ("", "WHERE status = 'failed'"):
+                    rows = await conn.fetch(
+                        f"EXPLAIN SELECT task_id FROM tasks {where} "
+                        "ORDER BY created_at DESC, task_id DESC LIMIT 10"
+                    )
+                    plans.append("\n".join(r[0] for r in rows))
+                return "\n---\n".join(plans)
+
+            plans = await db.transaction(explain_listing)
+            assert "Scan Backward using tasks_newest on tasks" in plans
+            assert "Scan Backward using tasks_status_newest on tasks" in plans
+            assert "Sort" not in plans
 
 
 async def test_migrate_twice_applies_nothing(empty_database_url: str) -> None:

@@ -41,7 +41,7 @@ WITH stored AS (
     SELECT id, cmd, coalesce(at, now()), now(), attempts, timeout, ikey, coalesce(amo, false)
     FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::int[], $5::float8[],
                 $6::text[], $7::bool[]) AS n(id, cmd, at, attempts, timeout, ikey, amo)
-    ON CONFLICT (idempotency_key) DO NOTHING
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING task_id, idempotency_key
 )
 SELECT now() AS created_at, count(*) AS stored,

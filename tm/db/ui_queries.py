@@ -48,14 +48,24 @@ WITH span AS (
     SELECT m.minute, least(m.minute + interval '1 minute', span.now) AS at
     FROM span
     CROSS JOIN LATERAL generate_series(span.first, span.last, interval '1 minute') AS m(minute)
-), candidates AS (
+), left_backlog AS (
     SELECT t.scheduled_at,
            coalesce(least(t.picked_at, t.started_at, t.completed_at, t.failed_at,
                           t.cancelled_at), 'infinity') AS left_at
     FROM tasks t, span
-    WHERE t.scheduled_at <= span.now
+    -- tasks still scheduled, through tasks_scheduled_due
+    WHERE t.status = 'scheduled' AND t.scheduled_at <= span.now
+    UNION ALL
+    -- tasks that left, through the partial tasks_left_backlog_at
+    SELECT t.scheduled_at,
+           coalesce(least(t.picked_at, t.started_at, t.completed_at, t.failed_at,
+                          t.cancelled_at), 'infinity')
+    FROM tasks t, span
+    WHERE t.status <> 'scheduled' AND t.scheduled_at <= span.now
       AND coalesce(least(t.picked_at, t.started_at, t.completed_at, t.failed_at,
                          t.cancelled_at), 'infinity') > span.first
+), candidates AS (
+    SELECT l.scheduled_at, l.left_at FROM left_backlog l, span WHERE l.left_at > span.first
 )
 SELECT s.minute, count(c.scheduled_at) AS backlog
 FROM samples s
