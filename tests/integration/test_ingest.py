@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import trio
@@ -121,6 +122,48 @@ async def test_scheduled_at_none_means_now(db_url: str) -> None:
             # "now" is due at once
             claimed = await queries.claim(db, ["w1", "w1"], "c1", 30.0)
             assert [c.task_id for c in claimed] == [now_task.row["task_id"]]
+
+
+@pytest.mark.parametrize("size", [2, queries.COPY_MIN_TASKS + 5])
+async def test_batch_stores_what_it_answers(
+    db_url: str, size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keyless batch of COPY_MIN_TASKS or more goes by COPY, a smaller one by INSERT:
+    either way every stored row is the row the insert answers, and coordinators are told
+    the earliest due time."""
+    copied: list[int] = []
+    copy_tasks = queries._copy_tasks
+
+    async def spy(conn: Any, tasks: Any) -> Any:
+        copied.append(len(tasks))
+        return await copy_tasks(conn, tasks)
+
+    monkeypatch.setattr(queries, "_copy_tasks", spy)
+    with trio.fail_after(20):
+        async with open_db(db_url) as db, db.listen("tm_due") as notes:
+            t0 = await db_now(db)
+            soon = t0 + timedelta(minutes=5, microseconds=3)
+            batch = [
+                new_task(f"echo {i}", None if i % 3 == 0 else soon + timedelta(seconds=i),
+                         max_attempts=1 + i % 4, timeout_s=None if i % 2 else 0.5 + i,
+                         at_most_once=i % 5 == 0)
+                for i in range(size)
+            ]
+            out = await queries.insert_tasks(db, batch)
+            t1 = await db_now(db)
+            assert copied == ([size] if size >= queries.COPY_MIN_TASKS else [])
+            assert [o.created for o in out] == [True] * size
+            assert len({o.row["created_at"] for o in out}) == 1
+            assert t0 <= out[0].row["created_at"] <= t1
+            for task, inserted in zip(batch, out, strict=True):
+                stored = await task_row(db, task.task_id)
+                assert {k: stored[k] for k in inserted.row} == inserted.row
+                assert (stored["timeout_s"], stored["at_most_once"]) == (
+                    task.timeout_s, task.at_most_once)
+                assert stored["max_attempts"] == task.max_attempts
+                assert stored["idempotency_key"] is None
+            # the tasks due "now" make the earliest due time their creation time
+            assert parse_time(await notes.receive(), "payload") == out[0].row["created_at"]
 
 
 async def test_list_tasks_pages_newest_first(db_url: str) -> None:
