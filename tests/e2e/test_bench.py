@@ -20,6 +20,8 @@ from click.testing import CliRunner
 
 import tm.cli
 from tests.e2e.cluster import open_cluster, query_database
+from tm.bench.api import BenchError, bench_ingest_batch
+from tm.bench.model import BenchPlan, Progress
 from tm.bench.run import embedded_postgres
 from tm.devdb import DevDatabaseError
 
@@ -99,6 +101,13 @@ async def test_quick_bench_against_a_running_cluster_over_http(
             message = refused.stderr.decode().strip()
             assert len(message.splitlines()) == 1, message
             assert "401" in message and "--api-token" in message, message
+
+            # the batch phase's lean client does not read answers: a refused batch still
+            # stops the bench with the server's reason
+            with pytest.raises(BenchError) as batch_refused:
+                await bench_ingest_batch(url, BenchPlan.quick(), Progress(), token="wrong",
+                                         clients=2)
+            assert "POST" in str(batch_refused.value) and "401" in str(batch_refused.value)
 
             ran = await cluster.run_cli("bench", "--quick", "--json", str(out), "--url", url,
                                         "--api-token", TOKEN, timeout=BENCH_TIMEOUT)

@@ -11,7 +11,7 @@ opened again; a request that got no answer on it is sent once more on the new on
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -113,7 +113,8 @@ async def _read_response(stream: trio.abc.Stream, buffer: bytearray) -> tuple[in
 
 
 async def _client(target: Target, requests: Iterator[bytes], ok: frozenset[int],
-                  result: LoadResult, deadline: float) -> None:
+                  result: LoadResult, deadline: float,
+                  on_answer: Callable[[int], None] | None) -> None:
     """Send requests from the shared iterator one at a time until it ends or `deadline`."""
     stream: trio.abc.Stream | None = None
     buffer = bytearray()
@@ -139,6 +140,8 @@ async def _client(target: Target, requests: Iterator[bytes], ok: frozenset[int],
                     result.ok += 1
                 else:
                     result.errors += 1
+                if on_answer is not None:
+                    on_answer(result.ok + result.errors)
                 if close:
                     await stream.aclose()
                     stream = None
@@ -161,14 +164,16 @@ async def run_load(target: Target, request: bytes, *, concurrency: int,
 
 
 async def run_requests(target: Target, requests: Iterable[bytes], *, concurrency: int,
-                       ok: frozenset[int], seconds: float = float("inf")) -> LoadResult:
+                       ok: frozenset[int], seconds: float = float("inf"),
+                       on_answer: Callable[[int], None] | None = None) -> LoadResult:
     """Send every request of `requests` (or until `seconds` pass) over `concurrency`
-    keep-alive connections; answers with a status in `ok` count as ok, others as errors."""
+    keep-alive connections; answers with a status in `ok` count as ok, others as errors.
+    `on_answer` is called with the number of answers so far after each one."""
     result = LoadResult()
     start = trio.current_time()
     shared = iter(requests)
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):
-            nursery.start_soon(_client, target, shared, ok, result, start + seconds)
+            nursery.start_soon(_client, target, shared, ok, result, start + seconds, on_answer)
     result.elapsed_s = trio.current_time() - start
     return result
