@@ -59,3 +59,18 @@ def test_bad_arguments_are_refused(count: int, unix_ms: int, random: bytes) -> N
 def test_fresh_ids_differ_between_batches() -> None:
     first, second = new_ids(1000), new_ids(1000)
     assert not set(first) & set(second)
+
+
+def test_fresh_ids_are_uuids_that_behave_as_the_standard_type() -> None:
+    """new_ids makes asyncpg's C UUID type: it must compare, hash, sort and format like
+    uuid.UUID (task ids meet standard UUIDs parsed from URLs and in sets)."""
+    ids = new_ids(100)
+    assert ids == sorted(ids) and len(set(ids)) == 100
+    for value in ids:
+        standard = uuid.UUID(str(value))
+        assert isinstance(value, uuid.UUID)
+        assert value == standard and hash(value) == hash(standard)
+        assert (value.int, value.bytes, value.version) == (
+            standard.int, standard.bytes, standard.version)
+        assert str(value) == str(standard) and value in {standard}
+    assert sorted([uuid.UUID(str(v)) for v in reversed(ids)]) == ids

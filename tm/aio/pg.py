@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -20,10 +21,16 @@ import asyncpg
 import structlog
 import trio
 import trio_asyncio
+from asyncpg.pgproto import pgproto
 
 from tm.core.backoff import exponential
 
 log = structlog.get_logger("tm.db")
+
+# asyncpg's UUID type, the one it returns for uuid columns: a uuid.UUID written in C, made
+# from 16 bytes 3x faster than uuid.UUID and formatted 14x faster (batch ingest makes and
+# formats 10,000 per request).
+uuid_from_bytes: Callable[[bytes], uuid.UUID] = pgproto.UUID
 
 T = TypeVar("T")
 

@@ -27,8 +27,9 @@ _DRAWN_MASK = (1 << 73) - 1
 _MAX_MS = (1 << 48) - 1
 
 
-def uuid7s(count: int, unix_ms: int, entropy: bytes) -> list[uuid.UUID]:
-    """`count` distinct v7 ids for the millisecond `unix_ms`, ascending in list order.
+def uuid7_ints(count: int, unix_ms: int, entropy: bytes) -> list[int]:
+    """The 128-bit values of `count` distinct v7 ids for the millisecond `unix_ms`,
+    ascending in list order (`uuid7s` makes them UUIDs).
 
     `entropy`: at least ENTROPY_BYTES random bytes.
     """
@@ -39,12 +40,17 @@ def uuid7s(count: int, unix_ms: int, entropy: bytes) -> list[uuid.UUID]:
     if len(entropy) < ENTROPY_BYTES:
         raise ValueError(f"need {ENTROPY_BYTES} bytes of entropy")
     start = int.from_bytes(entropy[:ENTROPY_BYTES], "big") & _DRAWN_MASK
-    high = unix_ms << 80 | _VERSION
-    out = []
-    for value in range(start, start + count):
-        rand_a, rand_b = value >> _RAND_B_BITS, value & _RAND_B_MASK
-        out.append(uuid.UUID(int=high | rand_a << 64 | _VARIANT | rand_b))
-    return out
+    fixed = unix_ms << 80 | _VERSION | _VARIANT
+    return [fixed | (value >> _RAND_B_BITS) << 64 | (value & _RAND_B_MASK)
+            for value in range(start, start + count)]
+
+
+def uuid7s(count: int, unix_ms: int, entropy: bytes) -> list[uuid.UUID]:
+    """`count` distinct v7 ids for the millisecond `unix_ms`, ascending in list order.
+
+    `entropy`: at least ENTROPY_BYTES random bytes.
+    """
+    return [uuid.UUID(int=value) for value in uuid7_ints(count, unix_ms, entropy)]
 
 
 def uuid7_time_ms(value: uuid.UUID) -> int:
