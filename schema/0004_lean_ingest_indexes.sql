@@ -28,3 +28,7 @@ CREATE INDEX tasks_left_backlog_at ON tasks
     ((coalesce(least(picked_at, started_at, completed_at, failed_at, cancelled_at),
                'infinity'::timestamptz)))
     WHERE status <> 'scheduled';
+
+-- The rows one transaction stores share their creation time (the INSERT of a batch set it
+-- to now() already; a COPY of a batch leaves it to this default).
+ALTER TABLE tasks ALTER COLUMN created_at SET DEFAULT now();
