@@ -77,6 +77,11 @@ def uuid7_sql(at: str) -> str:
 
 
 CLEAR = "DELETE FROM tasks WHERE command <> 'history'"
+MAY_CHECKPOINT = """
+SELECT rolsuper OR CASE WHEN EXISTS (SELECT FROM pg_roles WHERE rolname = 'pg_checkpoint')
+                        THEN pg_has_role('pg_checkpoint', 'MEMBER') ELSE false END
+FROM pg_roles WHERE rolname = current_user
+"""
 
 
 async def bench_drain(
@@ -156,6 +161,12 @@ async def add_history(db: Database, rows: int, progress: Progress) -> None:
         )
         progress.step("adding finished history", min(1.0, (offset + chunk) / rows))
     await db.execute("VACUUM ANALYZE tasks")
+    # Write the million rows' pages out now, where a user would have had them written over
+    # the months the history took to grow: otherwise the checkpoint they call for runs
+    # through the phases measured next (seen: p99 latency 58 ms instead of 16). Only a
+    # superuser or a member of pg_checkpoint may; without the right it is skipped.
+    if await db.fetchval(MAY_CHECKPOINT):
+        await db.execute("CHECKPOINT")
 
 
 # ---------------------------------------------------------------------------- backlog
