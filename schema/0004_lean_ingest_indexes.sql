@@ -1,6 +1,9 @@
 -- Every index a new task enters costs PostgreSQL CPU on every insert; batch ingest is bound
--- by it (measured with `tm bench`: 10,000 tasks cost ~85 ms of PostgreSQL CPU with the
--- indexes of 0001-0003, ~55 ms with these).
+-- by it (measured here: one INSERT of 10,000 tasks cost ~85 ms of PostgreSQL CPU with the
+-- indexes of 0001-0003, ~69 ms with these; ~41 ms by COPY, see tm/db/queries.py).
+--
+-- Upgrading: the indexes are rebuilt inside the migration's transaction, so writes to
+-- `tasks` wait for it; measured here at about 1.5 s per 1,000,000 tasks.
 
 -- Listing indexes ascending. A statement's new rows share created_at = now() and have
 -- ascending UUIDv7 ids, so in an ascending index they append at the right edge, where the
