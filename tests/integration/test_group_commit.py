@@ -231,22 +231,26 @@ async def test_groups_are_whole_requests_and_stop_growing_at_max_rows(
             assert len(stored) == sum(len(b) for b in batches)
 
 
+@pytest.mark.parametrize("sizes", [(1, 5), (8, 12)], ids=["insert", "copy"])
 async def test_one_bad_request_fails_alone(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
+    db_url: str, monkeypatch: pytest.MonkeyPatch, sizes: tuple[int, int]
 ) -> None:
     """A request the database refuses (here: a task id that already exists, which input
-    validation cannot know) fails its group's statement; the group is then inserted
-    request by request, so only the bad request raises and every other one is stored."""
+    validation cannot know) fails its group's statement (an INSERT, or a COPY for a group
+    of COPY_MIN_TASKS or more); the group is then inserted request by request, so only the
+    bad request raises and every other one is stored."""
     calls: list[list[NewTask]] = []
     recording_insert(monkeypatch, calls)
     with trio.fail_after(30):
         async with open_db(db_url) as db:
             [existing] = await insert(db, [new_task("already here")])
             calls.clear()
-            batches = requests(12, low=1, high=5, seed=3)
+            batches = requests(12, low=sizes[0], high=sizes[1], seed=3)
             bad = [new_task("bad neighbour"), NewTask(
                 task_id=existing, command="duplicate id", scheduled_at=None)]
             batches.insert(5, bad)
+            grouped = sum(len(b) for b in batches)
+            assert (grouped >= queries.COPY_MIN_TASKS) == (sizes[0] > 1)
             gc = GroupCommit(db)
             outcomes = await queue_then_run(gc, batches)
 
