@@ -106,14 +106,17 @@ def _int_field(body: dict[str, Any], name: str, default: int, low: int, high: in
     return value
 
 
-def parse_new_tasks(bodies: Sequence[object], new_ids: Sequence[uuid.UUID]) -> list[NewTask]:
-    """Check a batch; the first bad task raises InvalidInput prefixed with its index.
+def parse_new_tasks(
+    bodies: Sequence[object], new_ids: Sequence[uuid.UUID], first_index: int = 0
+) -> list[NewTask]:
+    """Check a batch (or the slice of one starting at `first_index`); the first bad task
+    raises InvalidInput prefixed with its index in the batch.
 
     Times repeated across the batch (a batch often shares one) are parsed once.
     """
     times: dict[str, datetime] = {}
     tasks = []
-    for index, (body, new_id) in enumerate(zip(bodies, new_ids, strict=True)):
+    for index, (body, new_id) in enumerate(zip(bodies, new_ids, strict=True), first_index):
         try:
             tasks.append(parse_new_task(body, new_id, times))
         except InvalidInput as exc:
