@@ -116,6 +116,58 @@ async def test_a_lone_request_is_flushed_at_once(
             nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("flushes", [1, 2, 3])
+async def test_at_most_flushes_statements_are_in_flight(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, flushes: int
+) -> None:
+    """While statements wait for the database, the next groups are written — never more
+    than `flushes` at once — and requests queued behind them are still grouped."""
+    real = queries.insert_tasks
+    in_flight: list[int] = [0]
+    peak: list[int] = [0]
+    calls: list[int] = []
+    release = trio.Event()
+
+    async def slow(db: Database, tasks: Sequence[NewTask]) -> list[queries.Inserted]:
+        in_flight[0] += 1
+        peak[0] = max(peak[0], in_flight[0])
+        calls.append(len(tasks))
+        try:
+            await release.wait()  # the database is slow until every request is queued
+            return await real(db, tasks)
+        finally:
+            in_flight[0] -= 1
+
+    monkeypatch.setattr(queries, "insert_tasks", slow)
+    batches = requests(30, low=1, high=3, seed=11)
+    answers: dict[int, list[queries.Inserted]] = {}
+    with trio.fail_after(20):
+        async with open_db(db_url) as db, trio.open_nursery() as outer:
+            gc = GroupCommit(db, flushes=flushes)
+            outer.start_soon(gc.run)
+
+            async def one(index: int) -> None:
+                answers[index] = await gc.insert(batches[index])
+
+            async with trio.open_nursery() as nursery:
+                for index in range(len(batches)):
+                    nursery.start_soon(one, index)
+                    await trio.testing.wait_all_tasks_blocked()
+                # every request is queued or in a statement; `flushes` statements wait
+                assert in_flight[0] == flushes
+                release.set()
+            outer.cancel_scope.cancel()
+
+            assert peak[0] == flushes
+            # the first `flushes` requests went alone; the rest waited and were grouped
+            assert calls[:flushes] == [len(b) for b in batches[:flushes]]
+            assert len(calls) < len(batches)
+            assert sorted(answers) == list(range(len(batches)))
+            for index, tasks in enumerate(batches):
+                assert [i.row["task_id"] for i in answers[index]] == [t.task_id for t in tasks]
+            assert await db.fetchval("SELECT count(*) FROM tasks") == sum(map(len, batches))
+
+
 async def test_same_idempotency_key_in_one_group_makes_one_task(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

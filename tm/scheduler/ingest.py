@@ -1,10 +1,15 @@
-"""Group commit: concurrent task inserts share one multi-row INSERT.
+"""Group commit: concurrent task inserts share one multi-row INSERT (or COPY).
 
 One INSERT per request caps ingest near the commit rate (~800 req/s on a 2-core machine);
-one INSERT for everything that arrived while the previous one was committing does not. No
+one INSERT for everything that arrived while the previous ones were committing does not. No
 timer is involved: under light load a request is flushed at once, under heavy load batches
 grow by themselves. Every request is answered only after the statement holding its rows
 has committed, so no acknowledged task can be lost.
+
+Two groups are written at once (`flushes`): while one waits for PostgreSQL, the next is
+sent. With a single writer a scheduler process serving several 10,000-task batches sat
+idle a fifth of the time, its one statement in flight (batch ingest, one process, 4
+clients: 107,000 -> 124,000 tasks/s).
 
 If a grouped statement fails for a reason other than the database being unreachable, each
 request of the group is retried on its own, so one request can never fail another.
@@ -35,9 +40,10 @@ class _Pending:
 
 
 class GroupCommit:
-    def __init__(self, db: Database, *, max_rows: int = 10_000) -> None:
+    def __init__(self, db: Database, *, max_rows: int = 10_000, flushes: int = 2) -> None:
         self._db = db
         self._max_rows = max_rows
+        self._flushes = flushes
         self._send, self._receive = trio.open_memory_channel[_Pending](10_000)
         self.groups = 0
         self.rows = 0
@@ -60,25 +66,38 @@ class GroupCommit:
         """Flush groups until cancelled. Start it in the nursery that outlives requests.
 
         A group holds whole requests and at most `max_rows` rows, unless one request alone
-        is bigger; the request that would overflow a group starts the next one.
+        is bigger; the request that would overflow a group starts the next one. Up to
+        `flushes` groups are written at once, each on its own connection.
         """
-        carried: _Pending | None = None
-        while True:
-            first = carried if carried is not None else await self._receive.receive()
-            carried = None
-            group = [first]
-            rows = len(first.tasks)
-            while rows < self._max_rows:
-                try:
-                    more = self._receive.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                if rows + len(more.tasks) > self._max_rows:
-                    carried = more
-                    break
-                group.append(more)
-                rows += len(more.tasks)
+        limiter = trio.CapacityLimiter(self._flushes)
+        async with trio.open_nursery() as nursery:
+            carried: _Pending | None = None
+            while True:
+                first = carried if carried is not None else await self._receive.receive()
+                carried = None
+                group = [first]
+                rows = len(first.tasks)
+                while rows < self._max_rows:
+                    try:
+                        more = self._receive.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    if rows + len(more.tasks) > self._max_rows:
+                        carried = more
+                        break
+                    group.append(more)
+                    rows += len(more.tasks)
+                borrower = object()
+                await limiter.acquire_on_behalf_of(borrower)
+                nursery.start_soon(self._flush_then_release, group, limiter, borrower)
+
+    async def _flush_then_release(
+        self, group: list[_Pending], limiter: trio.CapacityLimiter, borrower: object
+    ) -> None:
+        try:
             await self._flush(group)
+        finally:
+            limiter.release_on_behalf_of(borrower)
 
     async def _flush(self, group: list[_Pending]) -> None:
         tasks = [task for pending in group for task in pending.tasks]
