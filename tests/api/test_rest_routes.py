@@ -123,6 +123,53 @@ async def test_batch_of_500_in_input_order(api: httpx.AsyncClient) -> None:
         assert created == sorted(created, reverse=True)
 
 
+MINIMAL = {"Prefer": "return=minimal"}
+
+
+async def test_prefer_return_minimal_answers_only_ids(api: httpx.AsyncClient) -> None:
+    """`Prefer: return=minimal` (RFC 7240): a batch is answered with its ids in input
+    order, a single task with its id; the tasks stored are the same as without it."""
+    with trio.fail_after(20):
+        key = f"min-{uuid.uuid4()}"
+        [known] = batch_tasks(await api.post(
+            "/tasks", json={"tasks": [{"command": "known", "idempotency_key": key}]}))
+        items: list[dict[str, Any]] = [{"command": f"echo min-{i}"} for i in range(300)]
+        items[17] = {"command": "repeat", "idempotency_key": key}
+        response = await api.post("/tasks", json={"tasks": items}, headers=MINIMAL)
+        assert response.status_code == 201, response.text[:300]
+        assert response.headers["preference-applied"] == "return=minimal"
+        body = assert_json(response)
+        assert set(body) == {"task_ids"} and len(body["task_ids"]) == 300
+        ids = body["task_ids"]
+        assert ids[17] == known["task_id"]  # a known key answers the existing task's id
+        assert len(set(ids)) == 300
+        for index in (0, 150, 299, 17):
+            stored = task_response(await api.get(f"/tasks/{ids[index]}"), 200)
+            expected = "known" if index == 17 else f"echo min-{index}"
+            assert stored["command"] == expected
+
+        single = await api.post("/tasks", json={"command": "one", "idempotency_key": key + "1"},
+                                headers={"Prefer": "wait=5, return=minimal; x=y"})
+        assert single.status_code == 201
+        assert single.headers["preference-applied"] == "return=minimal"
+        [task_id] = assert_json(single).values()
+        assert task_response(await api.get(f"/tasks/{task_id}"), 200)["command"] == "one"
+        again = await api.post("/tasks", json={"command": "one", "idempotency_key": key + "1"},
+                               headers=MINIMAL)
+        assert (again.status_code, assert_json(again)) == (200, {"task_id": task_id})
+
+
+async def test_other_preferences_keep_the_full_answer(api: httpx.AsyncClient) -> None:
+    with trio.fail_after(10):
+        for prefer in ("return=representation", "respond-async", "return=minimalist"):
+            response = await api.post("/tasks", json={"tasks": [{"command": "full"}]},
+                                      headers={"Prefer": prefer})
+            assert batch_tasks(response)[0]["command"] == "full"
+            assert "preference-applied" not in response.headers
+        # a bad request is the same clear error either way
+        assert_error(await api.post("/tasks", json={"tasks": []}, headers=MINIMAL), 400, "empty")
+
+
 async def test_batch_fields_are_per_task(api: httpx.AsyncClient) -> None:
     with trio.fail_after(10):
         items = [

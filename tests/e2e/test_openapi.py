@@ -47,6 +47,8 @@ async def test_openapi_document_lists_every_route(database_url: str, tmp_path: P
     create = paths["/tasks"]["post"]
     assert {"200", "201", "400", "413"} <= set(create["responses"])
     assert "requestBody" in create
+    headers = {p["name"].lower(): p for p in create["parameters"] if p["in"] == "header"}
+    assert "return=minimal" in headers["prefer"]["description"]
     task_schema = spec["components"]["schemas"]["Task"]
     assert "task_id" in task_schema["properties"] and "worker_id" in task_schema["properties"]
     assert docs.status_code == 200 and "openapi.json" in docs.text

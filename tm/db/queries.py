@@ -74,6 +74,12 @@ class Inserted(NamedTuple):
     existing: Any = None
 
     @property
+    def task_id(self) -> uuid.UUID:
+        """The id of the stored task (for a known idempotency key, the existing one's)."""
+        task_id: uuid.UUID = self.task.task_id if self.created else self.existing["task_id"]
+        return task_id
+
+    @property
     def row(self) -> Any:
         """The stored row (for a created task, as INSERT_TASKS stored it)."""
         if not self.created:

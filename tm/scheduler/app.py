@@ -21,6 +21,7 @@ import trio
 from quart import Response, request
 from quart_schema import (
     QuartSchema,
+    document_headers,
     document_querystring,
     document_request,
     document_response,
@@ -66,6 +67,23 @@ class ApiError(Exception):
 
 def json_response(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status=status, content_type="application/json")
+
+
+def prefers_minimal(prefer: list[str]) -> bool:
+    """Whether the `Prefer` header(s) ask for `return=minimal` (RFC 7240: comma-separated
+    preferences, each possibly with `;` parameters; names are case-insensitive)."""
+    for value in prefer:
+        for preference in value.split(","):
+            name, _, token = preference.split(";", 1)[0].partition("=")
+            if name.strip().lower() == "return" and token.strip().strip('"') == "minimal":
+                return True
+    return False
+
+
+def minimal_response(body: Any, status: int) -> Response:
+    response = json_response(body, status)
+    response.headers["Preference-Applied"] = "return=minimal"
+    return response
 
 
 def error_response(status: int, message: str) -> Response:
@@ -250,10 +268,12 @@ def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -
 
     @app.post("/tasks")
     @document_request(sc.CreateTasks)
-    @document_response(sc.Task, 200)
+    @document_headers(sc.PreferHeader)
+    @document_response(sc.Existing, 200)
     @document_response(sc.Created, 201)
     @errors(400, 413)
     async def create_tasks() -> Response:
+        minimal = prefers_minimal(request.headers.getlist("Prefer"))
         body = await read_json()
         if isinstance(body, dict) and "tasks" in body:
             items = body["tasks"]
@@ -270,8 +290,12 @@ def create_app(settings: SchedulerSettings, db: Database, ingest: GroupCommit) -
             created = sum(r.created for r in results)
             metrics.TASKS_CREATED.inc(created)
             log.info("batch scheduled", action="batch_created", count=len(tasks), created=created)
+            if minimal:
+                return minimal_response({"task_ids": [str(r.task_id) for r in results]}, 201)
             return json_response({"tasks": inserted_json(results)}, 201)
         task, created = await store_one(body)
+        if minimal:
+            return minimal_response({"task_id": task["task_id"]}, 201 if created else 200)
         return json_response(task, 201 if created else 200)
 
     @app.get("/tasks/<task_id>")
