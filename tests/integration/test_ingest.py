@@ -87,6 +87,37 @@ async def test_concurrent_inserts_with_one_key_create_one_task(db_url: str) -> N
             assert await db.fetchval("SELECT count(*) FROM tasks") == 1
 
 
+async def test_concurrent_batches_sharing_keys_in_other_orders_do_not_deadlock(
+    db_url: str,
+) -> None:
+    """Two batches with the same 2,000 keys, one reversed, inserted at once: each key makes
+    one task and both batches are answered with it. (Inserting rows in input order, each
+    statement waited for a key the other held: PostgreSQL aborted one as a deadlock every
+    time.)"""
+    keys = [f"k{i:04d}" for i in range(2000)]
+    forward = [new_task(f"f {k}", idempotency_key=k) for k in keys]
+    backward = [new_task(f"b {k}", idempotency_key=k) for k in reversed(keys)]
+    answers: dict[str, list[queries.Inserted]] = {}
+
+    async def one(name: str, tasks: list[Any], db: Any) -> None:
+        answers[name] = await queries.insert_tasks(db, tasks)
+
+    with trio.fail_after(30):
+        async with open_db(db_url) as db:
+            for round_ in range(3):
+                await db.execute("DELETE FROM tasks")
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(one, "forward", forward, db)
+                    nursery.start_soon(one, "backward", backward, db)
+                by_key = {t.idempotency_key: i.task_id
+                          for t, i in zip(forward, answers["forward"], strict=True)}
+                assert by_key == {t.idempotency_key: i.task_id
+                                  for t, i in zip(backward, answers["backward"], strict=True)}
+                created = sum(i.created for i in answers["forward"] + answers["backward"])
+                assert created == len(keys), round_
+                assert await db.fetchval("SELECT count(*) FROM tasks") == len(keys)
+
+
 async def test_scheduled_at_none_means_now(db_url: str) -> None:
     with trio.fail_after(20):
         async with open_db(db_url) as db:
