@@ -74,6 +74,15 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 
 UniqueViolation = asyncpg.exceptions.UniqueViolationError
 
+# A deadlock (40P01) or a serialization failure (40001) aborts the statement or transaction
+# that hit it, and running the same work again is what PostgreSQL advises: `Database.run`
+# does, a few times.
+_CONFLICT: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+)
+CONFLICT_TRIES = 3
+
 
 class Database:
     """A pool of connections. Use from trio inside `trio_asyncio.open_loop()`."""
@@ -91,16 +100,29 @@ class Database:
         return {"size": self._pool.get_size(), "idle": self._pool.get_idle_size()}
 
     async def run(self, work: Callable[[Connection], Awaitable[T]]) -> T:
-        """Run an asyncio-side `work(conn)` on a pooled connection; one bridge crossing."""
+        """Run an asyncio-side `work(conn)` on a pooled connection; one bridge crossing.
+
+        `work` is run again (up to CONFLICT_TRIES times in all) when PostgreSQL aborts it as
+        a deadlock or a serialization failure, so it must be safe to repeat after one: a
+        single statement, one transaction, or reads after its one write.
+        """
 
         async def on_asyncio() -> T:
             async with self._pool.acquire() as conn:
                 return await work(conn)
 
-        try:
-            return await trio_asyncio.aio_as_trio(on_asyncio)()  # type: ignore[no-any-return]
-        except _UNAVAILABLE as exc:
-            raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+        for attempt in range(1, CONFLICT_TRIES + 1):
+            try:
+                return await trio_asyncio.aio_as_trio(on_asyncio)()  # type: ignore[no-any-return]
+            except _UNAVAILABLE as exc:
+                raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+            except _CONFLICT as exc:
+                if attempt == CONFLICT_TRIES:
+                    raise
+                log.warning("transaction conflict, running it again", action="db_conflict",
+                            error=str(exc), attempt=attempt)
+                await trio.sleep(random.uniform(0, 0.01 * attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def fetch(self, query: str, *args: Any) -> list[Any]:
         return await self.run(lambda conn: conn.fetch(query, *args))
