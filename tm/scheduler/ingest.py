@@ -69,10 +69,13 @@ class GroupCommit:
         is bigger; the request that would overflow a group starts the next one. Up to
         `flushes` groups are written at once, each on its own connection.
         """
-        limiter = trio.CapacityLimiter(self._flushes)
+        # A free writer is taken before the group is formed: requests that arrive while
+        # every writer is busy join the group that is written next.
+        writers = trio.Semaphore(self._flushes)
         async with trio.open_nursery() as nursery:
             carried: _Pending | None = None
             while True:
+                await writers.acquire()
                 first = carried if carried is not None else await self._receive.receive()
                 carried = None
                 group = [first]
@@ -87,17 +90,13 @@ class GroupCommit:
                         break
                     group.append(more)
                     rows += len(more.tasks)
-                borrower = object()
-                await limiter.acquire_on_behalf_of(borrower)
-                nursery.start_soon(self._flush_then_release, group, limiter, borrower)
+                nursery.start_soon(self._flush_then_release, group, writers)
 
-    async def _flush_then_release(
-        self, group: list[_Pending], limiter: trio.CapacityLimiter, borrower: object
-    ) -> None:
+    async def _flush_then_release(self, group: list[_Pending], writers: trio.Semaphore) -> None:
         try:
             await self._flush(group)
         finally:
-            limiter.release_on_behalf_of(borrower)
+            writers.release()
 
     async def _flush(self, group: list[_Pending]) -> None:
         tasks = [task for pending in group for task in pending.tasks]
