@@ -579,7 +579,7 @@ def bench(ctx: click.Context, database_url: str | None, embedded: bool, url: str
 
 # ---------------------------------------------------------------------------- client
 
-# The client commands live in tm/client_cli.py (imported last: they need only `main`).
-from tm import client_cli  # noqa: E402
+# The client commands live in tm/client/cli.py (imported last: they need only `main`).
+from tm.client import cli as client_cli  # noqa: E402
 
 client_cli.register(main)
