@@ -27,7 +27,8 @@ from tm.client.command import (
     client_options,
     command,
     emit_json,
-    terminal_width,
+    print_document,
+    print_task_page,
 )
 from tm.client.schedules import schedules
 from tm.core.tasks import MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT_S, TERMINAL, Status
@@ -104,11 +105,7 @@ def submit(command: str, at: str | None, max_attempts: int | None, timeout_s: fl
 def status(task_id: str, url: str, api_token: str | None, as_json: bool) -> None:
     """Show every field of one task."""
     with Client(url, api_token) as api:
-        task = api.get_task(task_id)
-    if as_json:
-        emit_json(task)
-    else:
-        click.echo(render.block(task))
+        print_document(api.get_task(task_id), as_json)
 
 
 @command
@@ -144,12 +141,7 @@ def tasks(status_: str | None, limit: int | None, after: str | None, all_pages: 
                 page = {"tasks": found, "next": None}
                 break
             cursor = page["next"]
-    if as_json:
-        emit_json(page)
-        return
-    click.echo(render.tasks_table(page["tasks"], terminal_width()))
-    if page.get("next"):
-        click.echo(f"more: tm tasks --after {page['next']}  (or --all)", err=True)
+    print_task_page(page, as_json, "more: tm tasks --after {next}  (or --all)")
 
 
 @command
@@ -158,11 +150,7 @@ def tasks(status_: str | None, limit: int | None, after: str | None, all_pages: 
 def cancel(task_id: str, url: str, api_token: str | None, as_json: bool) -> None:
     """Cancel a task; prints it. Exit 1 if it had already finished (API 409)."""
     with Client(url, api_token) as api:
-        task = api.cancel_task(task_id)
-    if as_json:
-        emit_json(task)
-    else:
-        click.echo(render.block(task))
+        print_document(api.cancel_task(task_id), as_json)
 
 
 @command
@@ -170,11 +158,8 @@ def cancel(task_id: str, url: str, api_token: str | None, as_json: bool) -> None
 def workers(url: str, api_token: str | None, as_json: bool) -> None:
     """List live workers."""
     with Client(url, api_token) as api:
-        body = api.list_workers()
-    if as_json:
-        emit_json(body)
-    else:
-        click.echo(render.workers_table(body["workers"]))
+        print_document(api.list_workers(), as_json,
+                       lambda body: render.workers_table(body["workers"]))
 
 
 @command

@@ -25,6 +25,7 @@ from typing import IO, Any
 import click
 import httpx
 
+from tm.client import render
 from tm.client.api import Refused, Unavailable
 
 F = Callable[..., Any]
@@ -123,6 +124,26 @@ def emit_json(body: Any, *, compact: bool = False) -> None:
         click.echo(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
     else:
         click.echo(json.dumps(body, indent=2, ensure_ascii=False))
+
+
+def print_document(document: Any, as_json: bool,
+                   as_text: Callable[[Any], str] = render.block) -> None:
+    """The API's document as it came with --json; else `as_text(document)` for a person."""
+    if as_json:
+        emit_json(document)
+    else:
+        click.echo(as_text(document))
+
+
+def print_task_page(page: dict[str, Any], as_json: bool, more: str) -> None:
+    """A page of tasks as a table, and on stderr `more` (with {next}, its cursor) if there
+    is a further page; or the page's JSON document."""
+    if as_json:
+        emit_json(page)
+        return
+    click.echo(render.tasks_table(page["tasks"], terminal_width()))
+    if page.get("next"):
+        click.echo(more.format(next=page["next"]), err=True)
 
 
 def terminal_width() -> int:

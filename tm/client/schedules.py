@@ -20,18 +20,13 @@ from tm.client.command import (
     ApiGroup,
     client_options,
     emit_json,
+    print_document,
+    print_task_page,
     terminal_width,
 )
 from tm.core.tasks import MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT_S, Status
 
 F = Callable[..., Any]
-
-
-def _print_schedule(schedule: Any, as_json: bool) -> None:
-    if as_json:
-        emit_json(schedule)
-    else:
-        click.echo(render.block(schedule))
 
 
 def _schedule_options(*, editing: bool) -> Callable[[F], F]:
@@ -124,7 +119,7 @@ def schedules_list(limit: int, all_pages: bool, url: str, api_token: str | None,
 def schedules_show(name: str, url: str, api_token: str | None, as_json: bool) -> None:
     """Show every field of one schedule."""
     with Client(url, api_token) as api:
-        _print_schedule(api.get_schedule(name), as_json)
+        print_document(api.get_schedule(name), as_json)
 
 
 @schedules.command("create", epilog=EXIT_CODES_HELP)
@@ -147,7 +142,7 @@ def schedules_create(name: str, cron: str, command: str, timezone: str | None,
     if paused:
         body["paused"] = True
     with Client(url, api_token) as api:
-        _print_schedule(api.create_schedule(body), as_json)
+        print_document(api.create_schedule(body), as_json)
 
 
 @schedules.command("edit", epilog=EXIT_CODES_HELP)
@@ -165,7 +160,7 @@ def schedules_edit(name: str, cron: str | None, command_: str | None, timezone: 
     if not body:
         raise click.UsageError("nothing to change: give at least one option")
     with Client(url, api_token) as api:
-        _print_schedule(api.update_schedule(name, body), as_json)
+        print_document(api.update_schedule(name, body), as_json)
 
 
 @schedules.command("pause", epilog=EXIT_CODES_HELP)
@@ -186,7 +181,7 @@ def schedules_resume(name: str, url: str, api_token: str | None, as_json: bool) 
 
 def _set_paused(name: str, paused: bool, url: str, api_token: str | None, as_json: bool) -> None:
     with Client(url, api_token) as api:
-        _print_schedule(api.update_schedule(name, {"paused": paused}), as_json)
+        print_document(api.update_schedule(name, {"paused": paused}), as_json)
 
 
 @schedules.command("delete", epilog=EXIT_CODES_HELP)
@@ -195,11 +190,8 @@ def _set_paused(name: str, paused: bool, url: str, api_token: str | None, as_jso
 def schedules_delete(name: str, url: str, api_token: str | None, as_json: bool) -> None:
     """Delete a schedule; the tasks it created stay."""
     with Client(url, api_token) as api:
-        deleted = api.delete_schedule(name)
-    if as_json:
-        emit_json(deleted)
-    else:
-        click.echo(f"deleted schedule {deleted.get('name')}")
+        print_document(api.delete_schedule(name), as_json,
+                       lambda deleted: f"deleted schedule {deleted.get('name')}")
 
 
 @schedules.command("runs", epilog=EXIT_CODES_HELP)
@@ -218,9 +210,4 @@ def schedules_runs(name: str, status_: str | None, limit: int, after: str | None
     with Client(url, api_token) as api:
         page = api.list_runs(name, limit=limit, after=after,
                              status=status_.lower() if status_ else None)
-    if as_json:
-        emit_json(page)
-        return
-    click.echo(render.tasks_table(page["tasks"], terminal_width()))
-    if page.get("next"):
-        click.echo(f"more: tm schedules runs {name} --after {page['next']}", err=True)
+    print_task_page(page, as_json, f"more: tm schedules runs {name} --after {{next}}")
