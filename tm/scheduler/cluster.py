@@ -9,21 +9,20 @@
 from __future__ import annotations
 
 import trio
-from quart import Blueprint, Response
-from quart_schema import document_response, hide, tag_blueprint
+from quart import Response
+from quart_schema import document_response, hide
 
 from tm import metrics
 from tm.aio.pg import Database, DatabaseUnavailable
 from tm.core.tasks import Status
 from tm.db import queries
 from tm.scheduler import schemas as sc
-from tm.scheduler.http import error_response, errors, json_response, services
+from tm.scheduler.http import api_blueprint, error_response, errors, json_response, services
 from tm.scheduler.render import worker_json
 
 READY_TIMEOUT_S = 2
 
-blueprint = Blueprint("cluster", __name__)
-tag_blueprint(blueprint, ["cluster"])
+blueprint = api_blueprint("cluster", __name__)
 
 
 @blueprint.get("/workers")

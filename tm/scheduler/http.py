@@ -25,8 +25,8 @@ from typing import Any, TypeVar, cast
 
 import orjson
 import structlog
-from quart import Quart, Response, current_app, request
-from quart_schema import document_response
+from quart import Blueprint, Quart, Response, current_app, request
+from quart_schema import document_response, tag_blueprint
 from werkzeug.exceptions import HTTPException
 
 from tm import metrics
@@ -59,6 +59,14 @@ class Services:
 def services() -> Services:
     """The `Services` of the app serving the current request."""
     return cast(Services, current_app.extensions[_SERVICES])
+
+
+def api_blueprint(name: str, import_name: str) -> Blueprint:
+    """A blueprint of API routes, grouped under the tag `name` in /openapi.json (describe
+    the tag in tm.scheduler.app.TAGS)."""
+    blueprint = Blueprint(name, import_name)
+    tag_blueprint(blueprint, [name])
+    return blueprint
 
 
 class ApiError(Exception):

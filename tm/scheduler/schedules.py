@@ -14,13 +14,14 @@ Validation is tm.core.schedules; the rows are tm.db.schedules.
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
-from quart import Blueprint, Response
+from quart import Response
 from quart_schema import (
     document_querystring,
     document_request,
     document_response,
-    tag_blueprint,
 )
 
 from tm.core.schedules import parse_new_schedule, parse_schedule_name
@@ -28,18 +29,24 @@ from tm.core.tasks import InvalidInput
 from tm.db import queries
 from tm.db import schedules as db_schedules
 from tm.scheduler import schemas as sc
-from tm.scheduler.http import ApiError, errors, json_response, read_json, services
+from tm.scheduler.http import ApiError, api_blueprint, errors, json_response, read_json, services
 from tm.scheduler.query import after_arg, limit_arg, status_arg
 from tm.scheduler.render import run_json, schedule_json
 
 log = structlog.get_logger(__name__)
 
-blueprint = Blueprint("schedules", __name__)
-tag_blueprint(blueprint, ["schedules"])
+blueprint = api_blueprint("schedules", __name__)
 
 
 def _unknown(name: str) -> ApiError:
     return ApiError(404, f"no schedule named {name!r}")
+
+
+def _found(row: Any, name: str) -> Response:
+    """The schedule `row` as the answer; 404 if there was none named `name`."""
+    if row is None:
+        raise _unknown(name)
+    return json_response(schedule_json(row))
 
 
 @blueprint.post("/schedules")
@@ -76,10 +83,8 @@ async def list_schedules() -> Response:
 @document_response(sc.Schedule, 200)
 @errors(400, 404)
 async def get_schedule(name: str) -> Response:
-    row = await db_schedules.get_schedule(services().db, parse_schedule_name(name))
-    if row is None:
-        raise _unknown(name)
-    return json_response(schedule_json(row))
+    return _found(await db_schedules.get_schedule(services().db, parse_schedule_name(name)),
+                  name)
 
 
 @blueprint.patch("/schedules/<name>")
@@ -104,10 +109,9 @@ async def patch_schedule(name: str) -> Response:
 @errors(400, 404)
 async def delete_schedule(name: str) -> Response:
     row = await db_schedules.delete_schedule(services().db, parse_schedule_name(name))
-    if row is None:
-        raise _unknown(name)
-    log.info("schedule deleted", action="schedule_deleted", schedule=name)
-    return json_response(schedule_json(row))
+    if row is not None:
+        log.info("schedule deleted", action="schedule_deleted", schedule=name)
+    return _found(row, name)
 
 
 @blueprint.get("/schedules/<name>/runs")

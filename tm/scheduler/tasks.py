@@ -19,13 +19,12 @@ from typing import Any
 
 import structlog
 import trio
-from quart import Blueprint, Response, request
+from quart import Response, request
 from quart_schema import (
     document_headers,
     document_querystring,
     document_request,
     document_response,
-    tag_blueprint,
 )
 
 from tm import metrics
@@ -42,6 +41,7 @@ from tm.ids import new_id, new_ids
 from tm.scheduler import schemas as sc
 from tm.scheduler.http import (
     ApiError,
+    api_blueprint,
     errors,
     json_response,
     minimal_response,
@@ -54,8 +54,7 @@ from tm.scheduler.render import inserted_json, task_json, tasks_json
 
 log = structlog.get_logger(__name__)
 
-blueprint = Blueprint("tasks", __name__)
-tag_blueprint(blueprint, ["tasks"])
+blueprint = api_blueprint("tasks", __name__)
 
 # A batch is checked this many tasks at a time, with a checkpoint between slices: 10,000
 # tasks are ~25 ms of CPU, during which the process's other requests (and the database
