@@ -17,10 +17,11 @@ from quart_trio import QuartTrio
 
 from tm import __version__
 from tm.aio.pg import Database
-from tm.scheduler import cluster, schedules, tasks, ui
+from tm.scheduler import cluster, schedules, tasks
 from tm.scheduler import schemas as sc
 from tm.scheduler.http import Services, install
 from tm.scheduler.ingest import GroupCommit
+from tm.scheduler.ui import pages
 from tm.settings import SchedulerSettings
 
 # Every group of routes the app serves.
@@ -28,7 +29,7 @@ BLUEPRINTS: tuple[Blueprint, ...] = (
     tasks.blueprint,
     schedules.blueprint,
     cluster.blueprint,
-    ui.blueprint,
+    pages.blueprint,
 )
 
 TAGS: list[Tag | dict[str, Any]] = [

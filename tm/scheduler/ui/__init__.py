@@ -8,7 +8,3 @@ Rooms:
 * `charts.py` — the overview's charts: what they count and the bars' geometry;
 * `templates/` (Jinja) and `static/` (CSS, vendored htmx): package data.
 """
-
-from tm.scheduler.ui.pages import blueprint
-
-__all__ = ["blueprint"]
