@@ -18,7 +18,7 @@ from tm.scheduler.service import serve_scheduler
 from tm.settings import CoordinatorSettings, SchedulerSettings, WorkerSettings
 from tm.worker.service import serve_worker
 
-log = structlog.get_logger("tm.dev")
+log = structlog.get_logger(__name__)
 
 
 async def serve_dev(

@@ -13,6 +13,7 @@ import trio
 
 from tests.api.conftest import open_api
 from tm.scheduler import ui
+from tm.scheduler.ui import sessions
 from tm.settings import SchedulerSettings
 
 TOKEN = "s3cret-ui"
@@ -104,7 +105,7 @@ async def test_token_login_and_api_stays_bearer_only(shared_database_url: str) -
             assert (await api.get("/ui")).status_code == 200  # the client keeps the cookie
             # The cookie is no bearer token: the API still says 401.
             assert (await api.get("/tasks")).status_code == 401
-            as_cookie = {"Cookie": f"{ui.COOKIE}={api.cookies[ui.COOKIE]}"}
+            as_cookie = {"Cookie": f"{sessions.COOKIE}={api.cookies[sessions.COOKIE]}"}
             assert (await api.get("/tasks", headers=as_cookie)).status_code == 401
 
             out = await api.post("/ui/logout", data={"csrf": _csrf((await api.get("/ui")).text)})
@@ -113,25 +114,25 @@ async def test_token_login_and_api_stays_bearer_only(shared_database_url: str) -
 
 
 def test_session_cookies_are_signed_and_expire() -> None:
-    key = ui.session_key(TOKEN)
+    key = sessions.session_key(TOKEN)
     now = time.time()
-    sid, cookie = ui.mint_session(key, now)
-    assert ui.verify_session(key, cookie, now) == sid
-    assert ui.verify_session(key, cookie, now + ui.SESSION_TTL_S + 1) is None
-    assert ui.verify_session(ui.session_key("another token"), cookie, now) is None
+    sid, cookie = sessions.mint_session(key, now)
+    assert sessions.verify_session(key, cookie, now) == sid
+    assert sessions.verify_session(key, cookie, now + sessions.SESSION_TTL_S + 1) is None
+    assert sessions.verify_session(sessions.session_key("another token"), cookie, now) is None
     body, _, mac = cookie.rpartition(".")
-    assert ui.verify_session(key, f"{body}.{'0' * len(mac)}", now) is None
+    assert sessions.verify_session(key, f"{body}.{'0' * len(mac)}", now) is None
     sid_part, expiry, mac = cookie.split(".")
-    assert ui.verify_session(key, f"{sid_part}.{int(expiry) + 999}.{mac}", now) is None
-    assert ui.csrf_token(key, sid) != ui.csrf_token(key, sid + "x")
-    assert ui._safe_next("//evil.example") == "/ui"
-    assert ui._safe_next("/ui/tasks?status=failed") == "/ui/tasks?status=failed"
+    assert sessions.verify_session(key, f"{sid_part}.{int(expiry) + 999}.{mac}", now) is None
+    assert sessions.csrf_token(key, sid) != sessions.csrf_token(key, sid + "x")
+    assert sessions.safe_next("//evil.example") == "/ui"
+    assert sessions.safe_next("/ui/tasks?status=failed") == "/ui/tasks?status=failed"
 
 
 def test_templates_and_static_files_are_package_data() -> None:
     """A non-editable install must carry them: pyproject's package-data names these."""
     pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
-    assert '"tm.scheduler" = ["templates/*.html", "static/*", "static/vendor/*"]' in pyproject
+    assert '"tm.scheduler.ui" = ["templates/*.html", "static/*", "static/vendor/*"]' in pyproject
     here = Path(ui.__file__).parent
     assert (here / "templates" / "base.html").exists()
     assert (here / "static" / "vendor" / "htmx-2.0.8.min.js").exists()

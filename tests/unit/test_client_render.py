@@ -1,4 +1,4 @@
-"""tm.client_render: what `tm` shows a person (tables, blocks, watch lines)."""
+"""tm.client.render: what `tm` shows a person (tables, blocks, watch lines)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tm.client_render import block, one_line, short_time, tasks_table, watch_line, workers_table
+from tm.client.render import block, one_line, short_time, tasks_table, watch_line, workers_table
 
 FAST = settings(max_examples=200, deadline=None, database=None)
 

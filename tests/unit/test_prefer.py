@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tm.scheduler.app import prefers_minimal
+from tm.scheduler.http import prefers_minimal
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,8 @@
-"""`tm schedules list` as a person sees it (tm.client_render.schedules_table)."""
+"""`tm schedules list` as a person sees it (tm.client.render.schedules_table)."""
 
 from __future__ import annotations
 
-from tm.client_render import schedules_table
+from tm.client.render import schedules_table
 
 SCHEDULES = [
     {"name": "nightly-backup", "cron": "30 2 * * *", "timezone": "Europe/Berlin",

@@ -1,6 +1,6 @@
 """What a benchmark run is asked to do (BenchPlan), what it found (BenchResult), how that
 is shown (render) and the progress bar. Shared by both modes: a cluster the bench starts
-itself (tm/bench/run.py) and a running one reached over its HTTP API (tm/bench/remote.py).
+itself (tm/bench/local.py) and a running one reached over its HTTP API (tm/bench/remote.py).
 """
 
 from __future__ import annotations
@@ -8,7 +8,10 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+
+from tm.core.timefmt import format_time
 
 NOT_MEASURED_URL = "not measured (--url)"
 
@@ -101,6 +104,11 @@ def as_json(result: BenchResult) -> dict[str, Any]:
         for name in PHASE_FIELDS.get(phase, ()):
             document[name] = None
     return document
+
+
+def new_result(plan: BenchPlan) -> BenchResult:
+    """An empty result of a run of `plan` starting now."""
+    return BenchResult(plan=asdict(plan), started_at=format_time(datetime.now(UTC)) or "")
 
 
 class Progress:

@@ -28,7 +28,7 @@ from tm.aio.pg import Database, DatabaseUnavailable
 from tm.core.tasks import NewTask
 from tm.db import queries
 
-log = structlog.get_logger("tm.ingest")
+log = structlog.get_logger(__name__)
 
 
 @dataclass(eq=False)

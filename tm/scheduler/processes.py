@@ -47,7 +47,7 @@ import trio
 from tm.scheduler.service import serve_scheduler
 from tm.settings import SchedulerSettings
 
-log = structlog.get_logger("tm.scheduler")
+log = structlog.get_logger(__name__)
 
 # Set by the parent in each child's environment: the parent's pid. Internal, not an option.
 PARENT_ENV = "_TM_SCHEDULER_PARENT"

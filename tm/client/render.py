@@ -1,6 +1,6 @@
 """How the `tm` client shows API objects to a person: tables, key/value blocks, watch lines.
 
-Pure functions from the API's JSON (dicts) to text; the client commands (tm.client_cli) do
+Pure functions from the API's JSON (dicts) to text; the client commands (tm.client.cli) do
 the I/O. Scripts should not parse this text — `--json` prints the API's documents as they
 are. What a person gets:
 
