@@ -15,7 +15,7 @@ import structlog
 import trio
 import trio_asyncio
 
-log = structlog.get_logger("tm")
+log = structlog.get_logger(__name__)
 
 Main = Callable[[trio.Event], Awaitable[None]]
 

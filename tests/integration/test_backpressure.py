@@ -24,7 +24,7 @@ import trio_asyncio
 from grpclib.client import Channel
 
 from tests.integration.helpers import db_now, insert, insert_due, new_task
-from tm.aio.grpc import Peer, bridge, open_peer, serve_grpc
+from tm.aio.grpc import CoordinatorPeer, bridge, open_peer, serve_grpc
 from tm.aio.pg import Database, open_database
 from tm.coordinator.service import serve_coordinator
 from tm.core.addresses import join_address
@@ -99,13 +99,12 @@ class FakeWorker:
     def held_messages(self) -> list[pb.HeldTask]:
         return [pb.HeldTask(task_id=t.task_id, attempt=t.attempt) for t in self.held.values()]
 
-    async def serve_and_register(self, nursery: trio.Nursery, coordinator: Peer) -> None:
+    async def serve_and_register(self, nursery: trio.Nursery, coordinator: CoordinatorPeer) -> None:
         host, port = await nursery.start(
             partial(serve_grpc, [bridge(pb.WorkerServiceBase, self)], "127.0.0.1", 0)
         )
         self.address = join_address(host, port)
-        await coordinator.call(
-            "register",
+        await coordinator.register(
             pb.RegisterRequest(
                 worker_id=self.worker_id,
                 address=self.address,
@@ -115,14 +114,13 @@ class FakeWorker:
             timeout=5,
         )
 
-    async def complete(self, coordinator: Peer, count: int) -> list[pb.Task]:
+    async def complete(self, coordinator: CoordinatorPeer, count: int) -> list[pb.Task]:
         """Finish the `count` oldest held tasks and report them (with the freed slots)."""
         done = list(self.held.values())[:count]
         for task in done:
             del self.held[task.task_id]
         now = time.time_ns() // 1000
-        response = await coordinator.call(
-            "report",
+        response = await coordinator.report(
             pb.ReportRequest(
                 worker_id=self.worker_id,
                 updates=[
@@ -187,14 +185,14 @@ async def test_a_worker_never_gets_more_than_its_free_slots_from_a_large_backlog
             await insert_due(db, backlog)
             address = await nursery.start(
                 partial(serve_coordinator, coordinator_settings(db_url)))
-            async with open_peer(pb.CoordinatorServiceStub, address) as coordinator:
+            async with open_peer(CoordinatorPeer, address) as coordinator:
                 full = FakeWorker("w-full", capacity=7)
                 await full.serve_and_register(nursery, coordinator)
                 await wait_for(lambda: len(full.held) == 7)
 
                 # A heartbeat written before the pushes arrived (older accepted_total)
                 # must not give the pushed slots back.
-                beat = await coordinator.call("heartbeat", pb.HeartbeatRequest(
+                beat = await coordinator.heartbeat(pb.HeartbeatRequest(
                     worker_id=full.worker_id,
                     capacity=pb.Capacity(capacity=7, free_slots=7, accepted_total=0),
                 ), timeout=5)
@@ -260,7 +258,7 @@ async def test_credit_is_split_between_workers_and_refilled_exactly(db_url: str)
             await insert_due(db, 1000)
             address = await nursery.start(
                 partial(serve_coordinator, coordinator_settings(db_url, max_claim=4)))
-            async with open_peer(pb.CoordinatorServiceStub, address) as coordinator:
+            async with open_peer(CoordinatorPeer, address) as coordinator:
                 workers = [FakeWorker(f"w{i}", capacity=c) for i, c in enumerate((3, 5, 11))]
                 for worker in workers:
                     await worker.serve_and_register(nursery, coordinator)
@@ -295,7 +293,7 @@ async def test_no_task_is_pushed_before_its_scheduled_time(db_url: str) -> None:
         ):
             address = await nursery.start(
                 partial(serve_coordinator, coordinator_settings(db_url)))
-            async with open_peer(pb.CoordinatorServiceStub, address) as coordinator:
+            async with open_peer(CoordinatorPeer, address) as coordinator:
                 worker = FakeWorker("w-clock", capacity=count)
                 await worker.serve_and_register(nursery, coordinator)
                 now = await db_now(db)
@@ -345,7 +343,7 @@ async def test_a_stopped_coordinator_closes_its_channels_to_workers(db_url: str)
 
             address = await nursery.start(coordinator_until_stopped)
             worker = FakeWorker("w-leak", capacity=1)
-            async with open_peer(pb.CoordinatorServiceStub, address) as coordinator:
+            async with open_peer(CoordinatorPeer, address) as coordinator:
                 await worker.serve_and_register(nursery, coordinator)
                 await wait_for(lambda: len(worker.held) == 1)  # its channel is connected
             assert open_channels_to(worker.address) == 1

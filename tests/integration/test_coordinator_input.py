@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio_asyncio
 
-from tm.aio.grpc import RpcFailed, open_peer
+from tm.aio.grpc import CoordinatorPeer, RpcFailed, open_peer
 from tm.coordinator.service import serve_coordinator
 from tm.proto.gen.taskmaster import v1 as pb
 from tm.settings import CoordinatorSettings
@@ -22,7 +22,7 @@ async def test_bad_worker_messages_are_refused_and_the_coordinator_survives(
     with trio.fail_after(30):
         async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
             address = await nursery.start(partial(serve_coordinator, settings))
-            async with open_peer(pb.CoordinatorServiceStub, address) as peer:
+            async with open_peer(CoordinatorPeer, address) as peer:
                 capacity = pb.Capacity(capacity=5, free_slots=5)
                 for bad in (
                     pb.RegisterRequest(worker_id="", address="127.0.0.1:1", capacity=capacity),
@@ -32,16 +32,16 @@ async def test_bad_worker_messages_are_refused_and_the_coordinator_survives(
                     pb.RegisterRequest(worker_id="w1", address="127.0.0.1:1"),
                 ):
                     with pytest.raises(RpcFailed) as refused:
-                        await peer.call("register", bad, timeout=5)
+                        await peer.register(bad, timeout=5)
                     assert refused.value.status == "INVALID_ARGUMENT"
 
                 # An unknown worker is told so (it must register), not crashed on.
-                beat = await peer.call("heartbeat", pb.HeartbeatRequest(
+                beat = await peer.heartbeat(pb.HeartbeatRequest(
                     worker_id="never-registered", capacity=capacity), timeout=5)
                 assert beat.known is False
 
                 # Reports with malformed ids, kinds and attempts are skipped one by one.
-                report = await peer.call("report", pb.ReportRequest(
+                report = await peer.report(pb.ReportRequest(
                     worker_id="never-registered",
                     updates=[
                         pb.TaskUpdate(task_id="not-a-uuid", attempt=1,
@@ -57,7 +57,7 @@ async def test_bad_worker_messages_are_refused_and_the_coordinator_survives(
                 assert (report.applied, report.stale, report.known) == (0, 1, False)
 
                 # Still serving: a proper registration works.
-                registered = await peer.call("register", pb.RegisterRequest(
+                registered = await peer.register(pb.RegisterRequest(
                     worker_id="w-good", address="127.0.0.1:9", capacity=capacity), timeout=5)
                 assert registered.coordinator_id.startswith("c-")
             nursery.cancel_scope.cancel()

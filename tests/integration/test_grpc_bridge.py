@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio_asyncio
 
-from tm.aio.grpc import Code, RpcError, RpcFailed, bridge, open_peer, serve_grpc
+from tm.aio.grpc import Code, RpcError, RpcFailed, WorkerPeer, bridge, open_peer, serve_grpc
 from tm.core.addresses import join_address
 from tm.proto.gen.taskmaster.v1 import (
     CancelRequest,
@@ -22,7 +22,6 @@ from tm.proto.gen.taskmaster.v1 import (
     PushResponse,
     Task,
     WorkerServiceBase,
-    WorkerServiceStub,
 )
 
 CAPACITY = 5
@@ -98,10 +97,10 @@ async def test_push_cancel_drain_round_trip() -> None:
         async with (
             trio_asyncio.open_loop(),
             serving(worker) as (address, _),
-            open_peer(WorkerServiceStub, address) as peer,
+            open_peer(WorkerPeer, address) as peer,
         ):
-            first = await peer.call(
-                "push", PushRequest(coordinator_id="c1", tasks=tasks("a", "b")), timeout=5
+            first = await peer.push(
+                PushRequest(coordinator_id="c1", tasks=tasks("a", "b")), timeout=5
             )
             assert isinstance(first, PushResponse)
             assert first.accepted == ["a", "b"]
@@ -109,8 +108,7 @@ async def test_push_cancel_drain_round_trip() -> None:
             assert first.capacity is not None
             assert (first.capacity.capacity, first.capacity.free_slots) == (5, 3)
 
-            second = await peer.call(
-                "push",
+            second = await peer.push(
                 PushRequest(coordinator_id="c1", tasks=tasks("c", "d", "e", "f")),
                 timeout=5,
             )
@@ -118,11 +116,11 @@ async def test_push_cancel_drain_round_trip() -> None:
             assert second.rejected == ["f"]
             assert worker.held == ["a", "b", "c", "d", "e"]
 
-            gone = await peer.call("cancel", CancelRequest(task_id="b", attempt=1), timeout=5)
+            gone = await peer.cancel(CancelRequest(task_id="b", attempt=1), timeout=5)
             assert gone.found is True
-            missing = await peer.call("cancel", CancelRequest(task_id="zz"), timeout=5)
+            missing = await peer.cancel(CancelRequest(task_id="zz"), timeout=5)
             assert missing.found is False
-            drained = await peer.call("drain", DrainRequest(), timeout=5)
+            drained = await peer.drain(DrainRequest(), timeout=5)
             assert drained.running == 4
 
 
@@ -132,11 +130,11 @@ async def test_rpc_error_maps_to_status() -> None:
         async with (
             trio_asyncio.open_loop(),
             serving(worker) as (address, _),
-            open_peer(WorkerServiceStub, address) as peer,
+            open_peer(WorkerPeer, address) as peer,
         ):
             with pytest.raises(RpcFailed) as failed:
-                await peer.call(
-                    "push", PushRequest(coordinator_id="invalid", tasks=tasks("a")), timeout=5
+                await peer.push(
+                    PushRequest(coordinator_id="invalid", tasks=tasks("a")), timeout=5
                 )
             assert failed.value.status == "INVALID_ARGUMENT"
             assert "coordinator_id is invalid" in str(failed.value)
@@ -148,23 +146,22 @@ async def test_handler_exception_is_internal_and_server_keeps_serving() -> None:
     worker = FakeWorker()
     with trio.fail_after(10):
         async with trio_asyncio.open_loop(), serving(worker) as (address, _):
-            async with open_peer(WorkerServiceStub, address) as peer:
+            async with open_peer(WorkerPeer, address) as peer:
                 for _ in range(2):
                     with pytest.raises(RpcFailed) as failed:
-                        await peer.call(
-                            "push",
+                        await peer.push(
                             PushRequest(coordinator_id="crash", tasks=tasks("a")),
                             timeout=5,
                         )
                     assert failed.value.status == "INTERNAL"
                     assert "handler bug" not in str(failed.value)  # no internals to the peer
-                ok = await peer.call(
-                    "push", PushRequest(coordinator_id="c1", tasks=tasks("a")), timeout=5
+                ok = await peer.push(
+                    PushRequest(coordinator_id="c1", tasks=tasks("a")), timeout=5
                 )
                 assert ok.accepted == ["a"]
             # a new connection is served too
-            async with open_peer(WorkerServiceStub, address) as again:
-                drained = await again.call("drain", DrainRequest(), timeout=5)
+            async with open_peer(WorkerPeer, address) as again:
+                drained = await again.drain(DrainRequest(), timeout=5)
                 assert drained.running == 1
 
 
@@ -175,10 +172,10 @@ async def test_calling_a_closed_port_is_not_delivered() -> None:
             async with serving(worker) as (address, scope):
                 pass  # started and stopped: nothing listens on the port any more
             assert scope.cancelled_caught
-            async with open_peer(WorkerServiceStub, address) as peer:
+            async with open_peer(WorkerPeer, address) as peer:
                 with pytest.raises(RpcFailed) as failed:
-                    await peer.call(
-                        "push", PushRequest(coordinator_id="c1", tasks=tasks("a")), timeout=5
+                    await peer.push(
+                        PushRequest(coordinator_id="c1", tasks=tasks("a")), timeout=5
                     )
                 assert failed.value.delivered is False
                 assert failed.value.status is None
@@ -206,9 +203,9 @@ async def test_shutdown_with_connected_client_is_prompt() -> None:
                 stopped.set()
 
             host, port = await nursery.start(run)
-            async with open_peer(WorkerServiceStub, join_address(host, port)) as peer:
-                ok = await peer.call(
-                    "push", PushRequest(coordinator_id="c1", tasks=tasks("a")), timeout=5
+            async with open_peer(WorkerPeer, join_address(host, port)) as peer:
+                ok = await peer.push(
+                    PushRequest(coordinator_id="c1", tasks=tasks("a")), timeout=5
                 )
                 assert ok.accepted == ["a"]
                 began = trio.current_time()
@@ -217,7 +214,7 @@ async def test_shutdown_with_connected_client_is_prompt() -> None:
                 assert trio.current_time() - began < 2.0
                 # and the server is really gone
                 with pytest.raises(RpcFailed) as failed:
-                    await peer.call("drain", DrainRequest(), timeout=2)
+                    await peer.drain(DrainRequest(), timeout=2)
                 assert failed.value.delivered is not True
 
 
@@ -228,13 +225,12 @@ async def test_shutdown_with_call_in_flight_is_prompt() -> None:
             outcome: list[BaseException] = []
             async with (
                 serving(worker, grace=8.0) as (address, scope),
-                open_peer(WorkerServiceStub, address) as peer,
+                open_peer(WorkerPeer, address) as peer,
             ):
 
                 async def hung_call() -> None:
                     try:
-                        await peer.call(
-                            "push",
+                        await peer.push(
                             PushRequest(coordinator_id="hang", tasks=tasks("a")),
                             timeout=4,
                         )

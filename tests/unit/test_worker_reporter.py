@@ -1,10 +1,11 @@
-"""Worker.run_reporter: task updates go to the coordinator in batches of at most
-`report_batch`, each task's result exactly once (a fast task's `started` folded into its
-result), and while reporting fails the updates are kept and later delivered in order —
-none lost, none sent twice.
+"""The worker's outbox (tm.worker.outbox.Outbox.serve_reporter): task updates go to the
+coordinator in batches of at most `report_batch`, each task's result exactly once (a fast
+task's `started` folded into its result), and while reporting fails the updates are kept
+and later delivered in order — none lost, none sent twice.
 
-The coordinator is a fake peer object with the `call(name, request, timeout=...)` of
-tm.aio.grpc.Peer; the worker runs its real executors and reporter.
+The coordinator is a fake peer object with the `report(request, timeout=...)` of
+tm.aio.grpc.CoordinatorPeer; the worker runs its real executors (tm.worker.execution) and
+reporter.
 """
 
 from __future__ import annotations
@@ -37,8 +38,7 @@ class FakeCoordinator:
         self.fail: dict[int, RpcFailed] = {}  # attempt number (from 0) -> its error
         self.gate: trio.Event | None = None  # while set to an unset event, calls wait
 
-    async def call(self, name: str, request: Any, *, timeout: float) -> Any:
-        assert name == "report", name
+    async def report(self, request: pb.ReportRequest, *, timeout: float) -> pb.ReportResponse:
         assert isinstance(request, pb.ReportRequest)
         assert request.worker_id == self.worker_id
         assert timeout > 0
@@ -91,6 +91,14 @@ async def push_all(worker: Worker, batch: list[pb.Task]) -> None:
     assert response.rejected == []
 
 
+def serve_reporter(nursery: trio.Nursery, worker: Worker, coordinator: FakeCoordinator) -> None:
+    nursery.start_soon(
+        worker.outbox.serve_reporter,
+        coordinator,
+        worker.execution.capacity_message,
+    )
+
+
 def check_each_task_reported_once(
     coordinator: FakeCoordinator, pushed: list[pb.Task]
 ) -> dict[str, list[pb.TaskUpdate]]:
@@ -123,11 +131,11 @@ async def test_batches_never_exceed_report_batch_and_each_task_is_reported_once(
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             for _ in range(worker.settings.concurrency):
-                nursery.start_soon(worker.run_executor)
-            nursery.start_soon(worker.run_reporter, coordinator)
+                nursery.start_soon(worker.execution.run_executor)
+            serve_reporter(nursery, worker, coordinator)
             await push_all(worker, pushed[:50])
             await push_all(worker, pushed[50:])
-            await wait_for(lambda: not worker.held and len(coordinator.attempts) == 1)
+            await wait_for(lambda: not worker.execution.held and len(coordinator.attempts) == 1)
             coordinator.gate.set()
             await wait_for(lambda: len(coordinator.finished()) == len(pushed))
             nursery.cancel_scope.cancel()
@@ -140,7 +148,7 @@ async def test_batches_never_exceed_report_batch_and_each_task_is_reported_once(
     by_task = check_each_task_reported_once(coordinator, pushed)
     assert all(len(updates) == 1 for updates in by_task.values())
     # The reports say how much room the worker has: all of it, at the end.
-    assert coordinator.capacities[-1].free_slots == worker.capacity
+    assert coordinator.capacities[-1].free_slots == worker.execution.capacity
     assert coordinator.capacities[-1].accepted_total == len(pushed)
 
 
@@ -158,8 +166,8 @@ async def test_a_started_update_already_sent_is_not_merged() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             for _ in range(worker.settings.concurrency):
-                nursery.start_soon(worker.run_executor)
-            nursery.start_soon(worker.run_reporter, coordinator)
+                nursery.start_soon(worker.execution.run_executor)
+            serve_reporter(nursery, worker, coordinator)
             await push_all(worker, slow + fast)
             sent_started: set[str] = set()
 
@@ -189,8 +197,8 @@ async def test_the_real_echo_executor_reports_each_task_once() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             for _ in range(worker.settings.concurrency):
-                nursery.start_soon(worker.run_executor)
-            nursery.start_soon(worker.run_reporter, coordinator)
+                nursery.start_soon(worker.execution.run_executor)
+            serve_reporter(nursery, worker, coordinator)
             for start in range(0, len(pushed), 25):
                 await push_all(worker, pushed[start : start + 25])
                 await trio.lowlevel.checkpoint()
@@ -214,8 +222,8 @@ async def test_failed_reports_are_kept_and_delivered_later_in_order() -> None:
     pushed = tasks(45)
     with trio.fail_after(15):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(worker.run_executor)
-            nursery.start_soon(worker.run_reporter, coordinator)
+            nursery.start_soon(worker.execution.run_executor)
+            serve_reporter(nursery, worker, coordinator)
             await push_all(worker, pushed[:5])
             await wait_for(lambda: len(coordinator.attempts) >= 1)  # the first one failed
             await push_all(worker, pushed[5:30])  # more piles up while reports fail
@@ -234,7 +242,7 @@ async def test_failed_reports_are_kept_and_delivered_later_in_order() -> None:
     # Delivered exactly once each, in the order the tasks ran (= pushed).
     delivered = [u.task_id for u in coordinator.updates()]
     assert delivered == [t.task_id for t in pushed]
-    assert not worker._outbox  # nothing left behind
+    assert not worker.outbox  # nothing left behind
     check_each_task_reported_once(coordinator, pushed)
 
 
@@ -249,10 +257,10 @@ async def test_a_report_failing_after_some_batches_loses_nothing() -> None:
     pushed = tasks(37)
     with trio.fail_after(15):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(worker.run_executor)
-            nursery.start_soon(worker.run_reporter, coordinator)
+            nursery.start_soon(worker.execution.run_executor)
+            serve_reporter(nursery, worker, coordinator)
             await push_all(worker, pushed)
-            await wait_for(lambda: not worker.held and len(coordinator.attempts) == 1)
+            await wait_for(lambda: not worker.execution.held and len(coordinator.attempts) == 1)
             coordinator.gate.set()
             await wait_for(lambda: len(coordinator.finished()) == len(pushed))
             nursery.cancel_scope.cancel()
@@ -280,13 +288,14 @@ async def test_a_finished_task_stays_held_until_its_result_is_delivered() -> Non
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             for _ in range(worker.settings.concurrency):
-                nursery.start_soon(worker.run_executor)
+                nursery.start_soon(worker.execution.run_executor)
             await push_all(worker, pushed)
-            await wait_for(lambda: not worker.held)  # all ran; their results not delivered
-            listed = {(h.task_id, h.attempt) for h in worker.held_messages()}
+            execution = worker.execution
+            await wait_for(lambda: not execution.held)  # all ran; their results not delivered
+            listed = {(h.task_id, h.attempt) for h in execution.held_messages()}
             assert listed == {(t.task_id, t.attempt) for t in pushed}
-            assert worker.capacity_message().free_slots == worker.capacity  # slots are free
-            nursery.start_soon(worker.run_reporter, coordinator)
-            await wait_for(lambda: not worker.held_messages())  # delivered: nothing to renew
+            assert execution.capacity_message().free_slots == execution.capacity  # slots free
+            serve_reporter(nursery, worker, coordinator)
+            await wait_for(lambda: not execution.held_messages())  # delivered: nothing to renew
             assert coordinator.finished() == {t.task_id for t in pushed}
             nursery.cancel_scope.cancel()

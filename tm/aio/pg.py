@@ -22,10 +22,11 @@ import structlog
 import trio
 import trio_asyncio
 from asyncpg.pgproto import pgproto
+from structlog.typing import FilteringBoundLogger
 
-from tm.core.backoff import exponential
+from tm.retry import Backoff, retry_forever
 
-log = structlog.get_logger("tm.db")
+log = structlog.get_logger(__name__)
 
 # asyncpg's UUID type, the one it returns for uuid columns: a uuid.UUID written in C, made
 # from 16 bytes 3x faster than uuid.UUID and formatted 14x faster (batch ingest makes and
@@ -72,6 +73,11 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InternalClientError,
 )
 
+
+def _unavailable(exc: BaseException) -> DatabaseUnavailable:
+    return DatabaseUnavailable(f"database unavailable: {exc}")
+
+
 UniqueViolation = asyncpg.exceptions.UniqueViolationError
 
 # A deadlock (40P01) or a serialization failure (40001) aborts the statement or transaction
@@ -87,9 +93,10 @@ CONFLICT_TRIES = 3
 class Database:
     """A pool of connections. Use from trio inside `trio_asyncio.open_loop()`."""
 
-    def __init__(self, pool: Any, url: str) -> None:
+    def __init__(self, pool: Any, url: str, log: FilteringBoundLogger = log) -> None:
         self._pool = pool
         self.url = url
+        self._log = log
 
     def __repr__(self) -> str:
         size = self._pool.get_size()
@@ -115,12 +122,12 @@ class Database:
             try:
                 return await trio_asyncio.aio_as_trio(on_asyncio)()  # type: ignore[no-any-return]
             except _UNAVAILABLE as exc:
-                raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+                raise _unavailable(exc) from exc
             except _CONFLICT as exc:
                 if attempt == CONFLICT_TRIES:
                     raise
-                log.warning("transaction conflict, running it again", action="db_conflict",
-                            error=str(exc), attempt=attempt)
+                self._log.warning("transaction conflict, running it again",
+                                  action="db_conflict", error=str(exc), attempt=attempt)
                 await trio.sleep(random.uniform(0, 0.01 * attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -172,7 +179,7 @@ class Database:
         try:
             conn = await trio_asyncio.aio_as_trio(connect)()
         except _UNAVAILABLE as exc:
-            raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+            raise _unavailable(exc) from exc
         try:
             yield receive
         finally:
@@ -242,6 +249,26 @@ async def _create_database(url: str) -> str:
     return name
 
 
+async def _connect(
+    url: str, min_size: int, max_size: int, *, create: bool, log: FilteringBoundLogger
+) -> Any:
+    """One try at a pool to `url`: if the server is up but the database does not exist, it
+    is created (when `create`) and tried once more. Raises DatabaseUnavailable."""
+    try:
+        return await trio_asyncio.aio_as_trio(_create_pool)(url, min_size, max_size)
+    except asyncpg.exceptions.InvalidCatalogNameError as exc:
+        if not create:
+            raise _unavailable(exc) from exc
+    except _UNAVAILABLE as exc:
+        raise _unavailable(exc) from exc
+    try:
+        name = await trio_asyncio.aio_as_trio(_create_database)(url)
+    except (*_UNAVAILABLE, asyncpg.exceptions.PostgresError) as exc:
+        raise _unavailable(exc) from exc
+    log.info("database created", action="db_created", database=name)
+    return await _connect(url, min_size, max_size, create=False, log=log)
+
+
 @contextlib.asynccontextmanager
 async def open_database(
     url: str,
@@ -250,8 +277,10 @@ async def open_database(
     max_size: int = 10,
     retry_for: float = float("inf"),
     create: bool = True,
+    log: FilteringBoundLogger = log,
 ) -> AsyncIterator[Database]:
-    """A connection pool to `url`, waiting (with backoff, logged) while PostgreSQL is down.
+    """A connection pool to `url`, waiting (with backoff, logged on `log`) while PostgreSQL
+    is down.
 
     If the server is up but the database does not exist, it is created (when `create`),
     so a first start against a fresh server needs no manual step.
@@ -259,35 +288,22 @@ async def open_database(
     Gives up with DatabaseUnavailable after `retry_for` seconds. Must be entered inside
     `trio_asyncio.open_loop()`.
     """
-    deadline = trio.current_time() + retry_for
     tries = 0
-    while True:
-        error: BaseException
-        try:
-            pool = await trio_asyncio.aio_as_trio(_create_pool)(url, min_size, max_size)
-            break
-        except asyncpg.exceptions.InvalidCatalogNameError as exc:
-            error = exc
-            if create:
-                try:
-                    name = await trio_asyncio.aio_as_trio(_create_database)(url)
-                    log.info("database created", action="db_created", database=name)
-                    continue
-                except (*_UNAVAILABLE, asyncpg.exceptions.PostgresError) as create_exc:
-                    error = create_exc
-        except _UNAVAILABLE as exc:
-            error = exc
+
+    async def connect() -> Any:
+        nonlocal tries
         tries += 1
-        delay = exponential(tries, base=0.2, cap=5.0, jitter=random.random())
-        if trio.current_time() + delay > deadline:
-            raise DatabaseUnavailable(f"database unavailable: {error}") from error
-        log.warning("database unreachable, retrying", action="db_retry", error=str(error),
-                    retry_in=round(delay, 2))
-        await trio.sleep(delay)
-    if tries:
+        return await _connect(url, min_size, max_size, create=create, log=log)
+
+    pool = await retry_forever(
+        connect, retry_on=DatabaseUnavailable, backoff=Backoff(base=0.2, cap=5.0), log=log,
+        event="database unreachable, retrying", action="db_retry",
+        give_up_at=trio.current_time() + retry_for,
+    )
+    if tries > 1:
         log.info("database reachable", action="db_connected")
     try:
-        yield Database(pool, url)
+        yield Database(pool, url, log)
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             try:

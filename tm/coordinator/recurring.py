@@ -16,8 +16,8 @@ backoff); what fell due meanwhile is then decided by each schedule's `catch_up`.
 
 from __future__ import annotations
 
-import random
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 import structlog
 import trio
@@ -25,12 +25,12 @@ import trio
 from tm import metrics
 from tm.aio.pg import Database, DatabaseUnavailable
 from tm.coordinator.rounds import Waker, run_rounds
-from tm.core.backoff import exponential
 from tm.core.timefmt import format_time
 from tm.db import schedules as db_schedules
+from tm.retry import Backoff, retry_forever
 from tm.settings import CoordinatorSettings
 
-log = structlog.get_logger("tm.recurring")
+log = structlog.get_logger(__name__)
 
 # Another coordinator holds the due schedules (SKIP LOCKED): look again after this long.
 BUSY_WAIT_S = 0.05
@@ -43,7 +43,9 @@ class Recurring:
         self.settings = settings
         self.db = db
         self.coordinator_id = coordinator_id
+        self.log = log.bind(coordinator_id=coordinator_id)
         self._waker = Waker()
+        self._listen_backoff = Backoff(base=0.2, cap=5.0)
         self.rounds = 0
 
     def __repr__(self) -> str:
@@ -52,9 +54,9 @@ class Recurring:
     def wake(self) -> None:
         self._waker.wake()
 
-    async def materialize_forever(self) -> None:
-        await run_rounds(self._round, self._waker, paused="recurring schedules paused",
-                         action="schedules_retry")
+    async def materialize_forever(self) -> NoReturn:
+        await run_rounds(self._round, self._waker, log=self.log,
+                         paused="recurring schedules paused", action="schedules_retry")
 
     async def _round(self) -> float:
         """One round; returns how long to sleep before the next (0: at once)."""
@@ -78,43 +80,45 @@ class Recurring:
     def _log(self, decided: db_schedules.Decided, now: datetime | None) -> None:
         plan = decided.plan
         if decided.error is not None:
-            log.error("schedule cannot be evaluated; stopped until edited",
-                      action="schedule_invalid", schedule=decided.name, error=decided.error)
+            self.log.error("schedule cannot be evaluated; stopped until edited",
+                           action="schedule_invalid", schedule=decided.name,
+                           error=decided.error)
             return
         for task_id, fire_at in decided.created:
             if now is not None:
                 metrics.SCHEDULE_LATENESS.observe(max(0.0, (now - fire_at).total_seconds()))
-            log.info("schedule fired", action="schedule_fired", schedule=decided.name,
-                     fire_at=format_time(fire_at), task_id=str(task_id),
-                     coordinator_id=self.coordinator_id)
+            self.log.info("schedule fired", action="schedule_fired", schedule=decided.name,
+                          fire_at=format_time(fire_at), task_id=str(task_id))
         metrics.SCHEDULE_OCCURRENCES.labels("created").inc(len(decided.created))
         if len(decided.created) < len(plan.run):
-            log.warning("occurrence already created elsewhere", action="schedule_duplicate",
-                        schedule=decided.name, count=len(plan.run) - len(decided.created))
+            self.log.warning("occurrence already created elsewhere",
+                             action="schedule_duplicate", schedule=decided.name,
+                             count=len(plan.run) - len(decided.created))
         if plan.skipped:
             metrics.SCHEDULE_OCCURRENCES.labels("skipped").inc(plan.skipped)
-            log.info("occurrences skipped: previous run unfinished", action="schedule_skipped",
-                     schedule=decided.name, count=plan.skipped)
+            self.log.info("occurrences skipped: previous run unfinished",
+                          action="schedule_skipped", schedule=decided.name, count=plan.skipped)
         if plan.missed:
             metrics.SCHEDULE_OCCURRENCES.labels("missed").inc(plan.missed)
-            log.warning("occurrences missed while no coordinator ran", action="schedule_missed",
-                        schedule=decided.name, count=plan.missed)
+            self.log.warning("occurrences missed while no coordinator ran",
+                             action="schedule_missed", schedule=decided.name,
+                             count=plan.missed)
 
-    async def follow_changes(self) -> None:
+    async def follow_changes(self) -> NoReturn:
         """LISTEN tm_schedules and wake the materializer on each change; reconnects."""
-        tries = 0
-        while True:
-            try:
-                async with self.db.listen("tm_schedules") as changes:
-                    tries = 0
-                    self.wake()  # anything changed while not listening
-                    async for _name in changes:
-                        self.wake()
-            except DatabaseUnavailable as exc:
-                log.warning("not listening for schedule changes", action="listen_retry",
-                            error=str(exc))
-            tries += 1
-            await trio.sleep(exponential(tries, base=0.2, cap=5.0, jitter=random.random()))
+        await retry_forever(
+            self._follow, retry_on=DatabaseUnavailable, backoff=self._listen_backoff,
+            log=self.log, event="not listening for schedule changes",
+            action="schedules_listen_retry",
+        )
+
+    async def _follow(self) -> NoReturn:
+        async with self.db.listen("tm_schedules") as changes:
+            self._listen_backoff.reset()
+            self.wake()  # anything changed while not listening
+            async for _name in changes:
+                self.wake()
+        raise DatabaseUnavailable("schedule notification connection lost")
 
 
 async def serve_recurring(

@@ -1,7 +1,14 @@
-"""Workers known to this coordinator, each with its credit and its heartbeat deadline.
+"""Workers known to this coordinator: each one's address, channel, credit and deadline.
 
-A worker is alive while its `deadline` scope has not expired; every heartbeat (or report)
-moves the deadline forward. When it expires, the coordinator declares the worker lost.
+The registry is shared by the parts of one coordinator (tm.coordinator.state): the RPC
+handlers add workers and take their adverts, the dispatcher plans from their credit and
+reserves it, liveness removes the workers it declares lost.
+
+A link's credit (tm.core.dispatch) changes only by its worker's adverts (`advertise`) and
+the dispatcher's reservations and releases, all on the one trio thread. A worker is alive
+while its `deadline` scope has not expired (tm.coordinator.liveness moves it on every
+heartbeat or report); at most one link per worker id is registered, and a replaced link
+is `retired` so its end is not mistaken for the worker's loss.
 """
 
 from __future__ import annotations
@@ -10,16 +17,30 @@ from dataclasses import dataclass, field
 
 import trio
 
-from tm.aio.grpc import Peer
+from tm import metrics
+from tm.aio.grpc import WorkerPeer
 from tm.core import dispatch
 from tm.core.dispatch import Credit
+from tm.proto.gen.taskmaster import v1 as pb
+
+
+def advertised(credit: Credit, capacity: pb.Capacity) -> Credit:
+    """`credit` after the worker's advert `capacity` (ignored if older than the one held)."""
+    return dispatch.advertise(
+        credit,
+        capacity=capacity.capacity,
+        free_slots=capacity.free_slots,
+        accepted_total=capacity.accepted_total,
+        draining=capacity.draining,
+        released_total=capacity.released_total,
+    )
 
 
 @dataclass(eq=False)
 class WorkerLink:
     worker_id: str
     address: str
-    peer: Peer
+    peer: WorkerPeer
     credit: Credit
     concurrency: int
     # Cancelled (by deadline) when the worker is silent too long.
@@ -43,11 +64,20 @@ class WorkerLink:
             return dispatch.replace_available(self.credit, 0)
         return self.credit
 
+    def advertise(self, capacity: pb.Capacity | None) -> bool:
+        """Take the worker's advert (from a heartbeat, report or push answer); returns
+        True when it has more room than before, i.e. the dispatcher should look again."""
+        if capacity is None or capacity.capacity < 1:
+            return False
+        before = self.credit.available
+        self.credit = advertised(self.credit, capacity)
+        metrics.WORKER_FREE_SLOTS.labels(self.worker_id).set(self.credit.available)
+        return self.credit.available > before
+
 
 class Registry:
     def __init__(self) -> None:
         self._links: dict[str, WorkerLink] = {}
-        self.credit_changed = trio.Event()
 
     def __len__(self) -> int:
         return len(self._links)
@@ -62,7 +92,6 @@ class Registry:
         """Add `link`; returns the link it replaces (same worker id), if any."""
         old = self._links.get(link.worker_id)
         self._links[link.worker_id] = link
-        self.poke()
         return old
 
     def remove(self, link: WorkerLink) -> bool:
@@ -79,8 +108,3 @@ class Registry:
 
     def available(self) -> int:
         return sum(link.credit.available for link in self._links.values())
-
-    def poke(self) -> None:
-        """Wake whoever waits for credit to change."""
-        self.credit_changed.set()
-        self.credit_changed = trio.Event()

@@ -1,21 +1,20 @@
 """The loop shared by the coordinator's timers: run a round, sleep what it asks, wake early.
 
 A round returns how long to sleep before the next one (0: go again at once); `Waker.wake`
-cuts the sleep short; a database outage backs off (logged) instead of ending the loop.
+cuts the sleep short; a database outage backs off (logged, tm.retry) instead of ending the
+loop, and a wake cuts that wait short too.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Awaitable, Callable
+from typing import NoReturn
 
-import structlog
 import trio
+from structlog.typing import FilteringBoundLogger
 
 from tm.aio.pg import DatabaseUnavailable
-from tm.core.backoff import exponential
-
-log = structlog.get_logger("tm.coordinator")
+from tm.retry import Backoff, retry_forever
 
 
 class Waker:
@@ -34,16 +33,18 @@ class Waker:
 
 
 async def run_rounds(
-    one_round: Callable[[], Awaitable[float]], waker: Waker, *, paused: str, action: str
-) -> None:
+    one_round: Callable[[], Awaitable[float]],
+    waker: Waker,
+    *,
+    log: FilteringBoundLogger,
+    paused: str,
+    action: str,
+) -> NoReturn:
     """Call `one_round` forever (see module doc); `paused`/`action` name the retry log line."""
-    tries = 0
+    backoff = Backoff(base=0.2, cap=5.0)
     while True:
-        try:
-            delay = await one_round()
-            tries = 0
-        except DatabaseUnavailable as exc:
-            tries += 1
-            delay = exponential(tries, base=0.2, cap=5.0, jitter=random.random())
-            log.warning(paused, action=action, error=str(exc), retry_in=round(delay, 2))
+        delay = await retry_forever(
+            one_round, retry_on=DatabaseUnavailable, backoff=backoff, log=log, event=paused,
+            action=action, sleep=waker.sleep,
+        )
         await waker.sleep(delay)

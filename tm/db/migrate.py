@@ -16,7 +16,7 @@ import structlog
 
 from tm.aio.pg import Connection, Database
 
-log = structlog.get_logger("tm.migrate")
+log = structlog.get_logger(__name__)
 
 # Arbitrary but fixed: "TM" in ASCII, so other users of advisory locks are unlikely to clash.
 MIGRATION_LOCK = 0x544D_0001
