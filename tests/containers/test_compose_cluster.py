@@ -11,7 +11,7 @@ name of its own and free host ports; the tests run in order against it:
    engine restarts it, it rejoins.
 4. The coordinator restarted with the compose tool mid-batch: it stops cleanly (exit 0),
    the workers come back to it, nothing is lost; nothing runs twice once the coordinator
-   has issue 20's lease rules (`--lease-s`), until then re-runs are reported as xfail.
+   has issue 20's lease rules (LEASE_RULES_LANDED), until then re-runs are an xfail.
 5. `just down` stops every service with exit 0 (no SIGKILL) and removes every container
    and the network, keeping the data volume; `just up` again finds the data and runs tasks.
 
@@ -43,7 +43,6 @@ from tests.containers.compose import (
     ComposeCluster,
     wait_until,
 )
-from tm.cli import main as tm_cli
 
 WORKERS = 3
 TM_UID = "10001"
@@ -123,6 +122,13 @@ def image_builds(output: str) -> int:
     return len(BUILD_STARTS.findall(output))
 
 
+def counts_builds(cluster: ComposeCluster) -> bool:
+    """podman-compose runs `podman build`, whose output we can count; docker compose and
+    docker-compose (also behind `podman compose`) print BuildKit's. The same-image check
+    below holds for all of them."""
+    return "podman-compose" in FIGURES.get("compose", "")
+
+
 # ---------------------------------------------------------------------------------- 1
 
 
@@ -131,7 +137,7 @@ def test_up_builds_one_image_and_every_service_becomes_healthy(
 ) -> None:
     up = cluster.first_up
     assert up is not None
-    if cluster.engine == "podman":
+    if counts_builds(cluster):
         assert image_builds(up.output) == 1, f"image builds in `just up`:\n{up.tail(60)}"
     started = time.monotonic()
     wait_until("every service healthy, migrate done", lambda: cluster.healthy(WORKERS),
@@ -222,11 +228,12 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_comes_back(
 # ---------------------------------------------------------------------------------- 4
 
 
-def lease_rules_landed() -> bool:
-    """Issue 20's lease rules (no lease recovered in a new coordinator's first lease term)
-    come with `tm coordinator --lease-s`."""
-    coordinator = tm_cli.commands["coordinator"]
-    return any("--lease-s" in p.opts for p in coordinator.params)
+# Issue 20's lease rules (a new coordinator recovers no lease in its first lease term,
+# workers reconnect with fresh name resolution) are not in the coordinator yet: until they
+# are, a restart slower than the lease may run a few tasks twice (seen once in six runs),
+# and the test reports that as an expected failure. Set True when they land: a coordinator
+# restart must then run nothing twice (DESIGN.md, "Coordinator restart or network blip").
+LEASE_RULES_LANDED = False
 
 
 def test_a_coordinator_restart_loses_nothing(cluster: ComposeCluster) -> None:
@@ -259,17 +266,20 @@ def test_a_coordinator_restart_loses_nothing(cluster: ComposeCluster) -> None:
 
     last_ready, back = wait_until("all workers registered with the new coordinator",
                                   workers_back, 120)
-    FIGURES["coordinator restart: last worker back after ready s"] = round(
-        (_parse(max(back.values())) - _parse(last_ready)).total_seconds(), 1)
+    last_back = _parse(max(back.values()))
+    FIGURES["coordinator restart: every worker back, s after the restart began"] = round(
+        last_back.timestamp() - since, 1)
+    FIGURES["coordinator restart: every worker back, s after the new one was ready"] = round(
+        (last_back - _parse(last_ready)).total_seconds(), 1)
     counts = cluster.counts("restart")
     assert counts["other"] == 0 and counts["early"] == 0, counts
 
     twice = sorted(t for t, n in cluster.executions(ids).items() if n > 1)
     FIGURES["coordinator restart: tasks run twice"] = len(twice)
     FIGURES["coordinator restart: tasks re-dispatched"] = counts["redispatched"]
-    if twice and not lease_rules_landed():
+    if twice and not LEASE_RULES_LANDED:
         pytest.xfail(f"{len(twice)} tasks ran twice across the restart: issue 20's lease "
-                     f"bug (no `--lease-s` yet), e.g. {twice[:3]}")
+                     f"bug, e.g. {twice[:3]}")
     assert not twice, f"{len(twice)} tasks ran twice across a coordinator restart: {twice[:5]}"
 
 
@@ -310,7 +320,7 @@ def test_down_stops_every_service_cleanly_and_up_again_keeps_the_data(
     up = cluster.just("up", f"workers={WORKERS}", timeout=1800, log="up-2")
     assert up.returncode == 0, up.tail()
     FIGURES["just up (again, image cached) s"] = round(up.seconds, 1)
-    if cluster.engine == "podman":
+    if counts_builds(cluster):
         assert image_builds(up.output) == 1, up.tail(60)
     wait_until("every service healthy again", lambda: cluster.healthy(WORKERS), HEALTHY_S,
                interval=2)
