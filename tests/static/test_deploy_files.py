@@ -1,10 +1,12 @@
 """Static checks of the deployment files: compose.yaml, Containerfile, justfile, .ci/run.
 
-No container engine runs where the tests run, so nothing here builds or starts a container.
-What can be checked without one is: the files parse; the services, commands, flags, ports,
-environment and healthchecks agree with each other and with `tm` itself (click
-introspection of `tm.cli.main`); the image is multi-stage, non-root, runs `tm`; the justfile
-recipes expand to the right compose command.
+Nothing here builds or starts a container (tests/containers does, with `just
+test-containers`). What is checked without an engine: the files parse (compose.yaml with
+its `${VAR:-default}` variables at their defaults); the services, commands, flags, ports,
+environment, healthchecks and stop grace periods agree with each other and with `tm` itself
+(click introspection of `tm.cli.main`, the shutdown bound of `tm.runner`); one service
+builds the image; the image is multi-stage, non-root, runs `tm`; the justfile finds the
+compose command by running it and its recipes run the right commands, in order.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from urllib.parse import urlsplit
 import click
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from tm.cli import main as tm_cli
 from tm.core.addresses import split_address
@@ -75,12 +78,57 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
+_VARIABLE = re.compile(
+    r"\$(?:(\$)|\{(?P<braced>[A-Za-z_]\w*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+    r"|(?P<plain>[A-Za-z_]\w*))"
+)
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """compose's variable substitution ($$, $VAR, ${VAR}, ${VAR:-default}, ${VAR:?error})."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match[1]:
+            return "$"
+        name = match["braced"] or match["plain"]
+        op, arg, given = match["op"], match["arg"] or "", env.get(name)
+        if op in (":-", "-"):
+            return (given if given else arg) if op == ":-" else (arg if given is None else given)
+        if op in (":?", "?") and not given:
+            raise ValueError(f"compose.yaml requires {name}: {arg}")
+        return given or ""
+
+    return _VARIABLE.sub(substitute, value)
+
+
+def test_interpolate_follows_compose() -> None:
+    env = {"SET": "x", "EMPTY": ""}
+    assert interpolate("${SET:-d} ${UNSET:-d} ${EMPTY:-d} ${EMPTY-d} $SET $$SET", env) == (
+        "x d d  x $SET"
+    )
+    with pytest.raises(ValueError, match="requires UNSET"):
+        interpolate("${UNSET:?set it}", env)
+
+
+def load_compose(env: dict[str, str]) -> dict[str, Any]:
     with open(REPO / "compose.yaml", encoding="utf-8") as f:
         data = yaml.load(f, Loader=_StrictLoader)
     assert isinstance(data, dict)
-    return data
+    result = interpolate(data, env)
+    assert isinstance(result, dict)
+    return result
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """compose.yaml as the engines read it with none of its variables set."""
+    return load_compose({})
 
 
 @pytest.fixture(scope="module")
@@ -341,6 +389,104 @@ def test_tm_healthchecks_probe_the_bound_port(
     else:
         first = shlex.split(test[1])[0]
         assert first in IMAGE_EXECUTABLES, f"{first!r} is not in the image"
+
+
+TM_IMAGE = "localhost/taskmaster:latest"
+
+
+def test_one_service_builds_the_image_the_others_run(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # Each service with `build:` builds its own copy (podman-compose: in parallel).
+    builders = [name for name, service in services.items() if "build" in service]
+    assert builders == ["migrate"], f"services with build: {builders}"
+    build = services["migrate"]["build"]
+    assert build["context"] == "." and build["dockerfile"] == "Containerfile"
+    for name in TM_SERVICES:
+        assert services[name]["image"] == TM_IMAGE, name
+        # Ours, built here: never looked for in a registry.
+        assert services[name].get("pull_policy") == "never", name
+
+
+def test_compose_image_variable(services: dict[str, dict[str, Any]]) -> None:
+    other = load_compose({"TM_IMAGE": "registry.example/tm:1"})["services"]
+    assert {other[name]["image"] for name in TM_SERVICES} == {"registry.example/tm:1"}
+
+
+@pytest.mark.parametrize("service_name", ["postgres", "scheduler", "coordinator", "worker"])
+def test_long_running_services_have_their_healthcheck_in_compose(
+    services: dict[str, dict[str, Any]], service_name: str
+) -> None:
+    # podman builds OCI images by default, which drop the Containerfile's HEALTHCHECK.
+    check = services[service_name]["healthcheck"]
+    healthcheck_test(services[service_name])
+    for key in ("interval", "timeout", "retries"):
+        assert key in check, f"{service_name}: healthcheck without {key}"
+
+
+def seconds(duration: str) -> float:
+    """A compose duration (1m30s, 45s, 1.5s, 500ms) in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"duration {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_seconds_parses_compose_durations() -> None:
+    assert [seconds(d) for d in ("60s", "1m30s", "500ms", "1h")] == [60, 90, 0.5, 3600]
+
+
+def grace_of(service: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> float:
+    """The grace `tm` gives itself when started with this service's command and env."""
+    import tm.cli
+
+    captured: list[float] = []
+    monkeypatch.setattr(tm.cli, "run", lambda _main, *, grace: captured.append(grace))
+    for key in list(os.environ):
+        if key.startswith("TM_"):
+            monkeypatch.delenv(key)
+    result = CliRunner().invoke(tm_cli, command_of(service), env=environment_of(service),
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert len(captured) == 1, captured
+    return captured[0]
+
+
+@pytest.mark.parametrize("service_name", ["scheduler", "coordinator", "worker"])
+def test_stop_grace_period_is_above_the_services_shutdown_bound(
+    services: dict[str, dict[str, Any]], service_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The engines SIGKILL after stop_grace_period (10 s if unset): it must exceed the time
+    # tm takes at worst, which tm.runner bounds (grace + cleanup, then it exits by itself).
+    from tm.runner import shutdown_bound
+
+    service = services[service_name]
+    assert "stop_grace_period" in service, f"{service_name}: no stop_grace_period (10 s)"
+    bound = shutdown_bound(grace_of(service, monkeypatch))
+    assert seconds(service["stop_grace_period"]) > bound, (service_name, bound)
+
+
+def test_postgres_gets_time_for_its_shutdown_checkpoint(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    assert seconds(services["postgres"]["stop_grace_period"]) >= 30
+
+
+def test_ports_are_published_on_loopback_unless_told_otherwise(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # No token by default, and gRPC unauthenticated: not on every interface by default.
+    for env, host in (({}, "127.0.0.1"), ({"TM_PUBLISH_ADDR": "0.0.0.0"}, "0.0.0.0")):
+        loaded = load_compose({**env, "TM_API_PORT": "18081", "TM_GRPC_PORT": "18080"})
+        for name, port in (("scheduler", "18081:8081"), ("coordinator", "18080:8080")):
+            assert loaded["services"][name]["ports"] == [f"{host}:{port}"], name
+
+
+def test_env_file_for_compose_secrets_is_never_committed_or_built_in() -> None:
+    # compose.yaml points secrets to a .env file next to it.
+    for ignore in (".gitignore", ".containerignore", ".dockerignore"):
+        lines = (REPO / ignore).read_text(encoding="utf-8").split()
+        assert ".env" in lines, f"{ignore} does not list .env"
 
 
 def test_every_service_restarts(services: dict[str, dict[str, Any]]) -> None:
@@ -695,70 +841,193 @@ def test_just_up_scales_workers(justfile_dump: dict[str, Any]) -> None:
     text = body_text(up)
     assert "{{COMPOSE}} up" in text
     assert re.search(r"--scale worker=\{\{[^}]*\bworkers\b", text), text
-    assert "{{COMPOSE}} down" in body_text(justfile_dump["recipes"]["down"])
+    assert "{{COMPOSE}} down --remove-orphans" in body_text(justfile_dump["recipes"]["down"])
 
 
-@pytest.mark.parametrize(
-    ("args", "workers"),
-    [
-        ((), "3"),
-        (("7",), "7"),
-        pytest.param(
-            ("workers=5",),
-            "5",
-        ),
-    ],
-)
-def test_just_up_command_line(args: tuple[str, ...], workers: str) -> None:
-    result = just("--dry-run", "--set", "COMPOSE", "fake-compose", "up", *args)
-    assert result.returncode == 0, result.stderr
-    assert f"fake-compose up -d --build --scale worker={workers}" in result.stderr
+def test_compose_default_worker_count_is_just_ups(
+    justfile_dump: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    # Plain `podman-compose up` and `just up` start as many workers; `just down` relies on
+    # TM_WORKERS naming the replicas podman-compose should stop.
+    default = justfile_dump["recipes"]["up"]["parameters"][0]["default"]
+    assert str(services["worker"]["scale"]) == default
+    raw = (REPO / "compose.yaml").read_text(encoding="utf-8")
+    assert re.search(r"scale: \$\{TM_WORKERS:-\d+\}", raw)
 
 
-def _fake_path(tmp_path: Path, *tools: str) -> dict[str, str]:
+FAKE_TOOL = """#!/bin/sh
+# Stand-in for {name}: logs how it was called, then behaves as told.
+echo "{name} $* | TM_WORKERS=${{TM_WORKERS:-}} BUILDAH_FORMAT=${{BUILDAH_FORMAT:-}}" >> "{log}"
+{body}
+"""
+# podman 4.3 and docker without the plugin: no `compose` subcommand.
+NO_COMPOSE = 'if [ "$1" = compose ]; then echo "Error: unrecognized command" >&2; exit 125; fi'
+
+
+@dataclass
+class FakeTools:
+    bin: Path
+    log: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {"PATH": str(self.bin), "HOME": str(self.bin.parent), **extra}
+
+    def calls(self) -> list[str]:
+        text = self.log.read_text() if self.log.exists() else ""
+        return [line for line in text.splitlines() if " version " not in f"{line} "]
+
+
+def fake_tools(tmp_path: Path, tools: dict[str, str], where: str = "bin") -> FakeTools:
+    """Executables named after `tools` (name -> shell body) in tmp_path/where."""
+    folder = tmp_path / where
+    folder.mkdir(parents=True, exist_ok=True)
     bash = shutil.which("bash")
     assert bash
-    (tmp_path / "bash").symlink_to(bash)
-    for tool in tools:
-        exe = tmp_path / tool
-        exe.write_text("#!/bin/sh\nexit 0\n")
+    if not (folder / "bash").exists():
+        (folder / "bash").symlink_to(bash)
+    for name in ("wc", "cat"):  # the recipes' helpers
+        found = shutil.which(name)
+        assert found
+        if not (folder / name).exists():
+            (folder / name).symlink_to(found)
+    log = tmp_path / "calls.log"
+    for name, body in tools.items():
+        exe = folder / name
+        exe.write_text(FAKE_TOOL.format(name=name, log=log, body=body or "exit 0"))
         exe.chmod(0o755)
-    return {"PATH": str(tmp_path), "HOME": str(tmp_path)}
+    return FakeTools(tmp_path / "bin", log)
 
 
 @pytest.mark.parametrize(
-    ("tools", "expected"),
+    ("tools", "in_venv", "expected"),
     [
-        (("podman", "podman-compose", "docker"), "podman compose"),
-        (("podman-compose", "docker"), "podman-compose"),
-        (("docker",), "docker compose"),
-        ((), "docker compose"),
+        pytest.param({"podman": "", "podman-compose": "", "docker": ""}, False,
+                     "podman compose", id="podman>=4.7"),
+        pytest.param({"podman": NO_COMPOSE, "podman-compose": "", "docker": ""}, False,
+                     "podman-compose", id="podman-4.3+podman-compose"),
+        pytest.param({"podman": NO_COMPOSE}, True, "VENV/podman-compose",
+                     id="podman-4.3+podman-compose-in-.venv"),
+        pytest.param({"podman": NO_COMPOSE, "docker": ""}, False, "docker compose",
+                     id="podman-4.3+docker-compose-plugin"),
+        pytest.param({"docker": NO_COMPOSE, "docker-compose": ""}, False, "docker-compose",
+                     id="docker-without-plugin+docker-compose"),
+        pytest.param({"podman": NO_COMPOSE, "docker": NO_COMPOSE}, False, "none",
+                     id="no-compose-at-all"),
+        pytest.param({}, False, "none", id="nothing"),
     ],
 )
-def test_just_compose_prefers_podman(tmp_path: Path, tools: tuple[str, ...], expected: str) -> None:
-    result = just("--evaluate", "COMPOSE", env=_fake_path(tmp_path, *tools))
+def test_just_finds_the_compose_command_that_runs(
+    tmp_path: Path, tools: dict[str, str], in_venv: bool, expected: str
+) -> None:
+    fakes = fake_tools(tmp_path, tools)
+    venv = tmp_path / "venv"
+    if in_venv:
+        fake_tools(tmp_path, {"podman-compose": ""}, where="venv/bin")
+    result = just("--set", "venv", str(venv), "--evaluate", "COMPOSE", env=fakes.env())
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == expected
+    assert result.stdout.strip() == expected.replace("VENV", str(venv / "bin"))
 
 
-def test_justfile_compose_expression_names_podman_first(justfile_dump: dict[str, Any]) -> None:
-    text = json.dumps(justfile_dump["assignments"]["COMPOSE"]["value"])
-    assert 0 <= text.index("podman") < text.index("docker")
-    assert just("--evaluate", "COMPOSE").returncode == 0
+@pytest.mark.parametrize(
+    ("compose", "engine"),
+    [("podman compose", "podman"), ("podman-compose", "podman"),
+     ("/x/.venv/bin/podman-compose", "podman"), ("docker compose", "docker"),
+     ("docker-compose", "docker")],
+)
+def test_just_engine_follows_the_compose_command(compose: str, engine: str) -> None:
+    result = just("--set", "COMPOSE", compose, "--evaluate", "ENGINE")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == engine
+
+
+@pytest.mark.parametrize(("args", "workers"), [((), "3"), (("7",), "7"), (("workers=5",), "5")])
+def test_just_up_builds_and_scales(tmp_path: Path, args: tuple[str, ...], workers: str) -> None:
+    fakes = fake_tools(tmp_path, {"compose": ""})
+    result = just("--set", "COMPOSE", str(fakes.bin / "compose"), "up", *args, env=fakes.env())
+    assert result.returncode == 0, result.stderr
+    assert fakes.calls() == [
+        f"compose up -d --build --scale worker={workers} | TM_WORKERS={workers} "
+        "BUILDAH_FORMAT=docker"
+    ]
+
+
+@pytest.mark.parametrize(("listed", "workers"), [(5, "5"), (0, "")])
+def test_just_down_stops_workers_first_then_the_rest_and_the_orphans(
+    tmp_path: Path, listed: int, workers: str
+) -> None:
+    # The fake engine lists `listed` containers for any `ps` filter.
+    ids = "".join(f"echo id{i}; " for i in range(listed))
+    fakes = fake_tools(tmp_path, {"compose": "", "podman": f'[ "$1" = ps ] && {{ {ids}:; }}'})
+    result = just("--set", "COMPOSE", str(fakes.bin / "compose"),
+                  "--set", "ENGINE", str(fakes.bin / "podman"), "down",
+                  env=fakes.env(COMPOSE_PROJECT_NAME="proj"))
+    assert result.returncode == 0, result.stderr
+    calls = [c for c in fakes.calls() if not c.startswith("podman ")]
+    listing = [c for c in fakes.calls() if c.startswith("podman ")]
+    assert all("label=com.docker.compose.project=proj" in c for c in listing), listing
+    expected = ["compose down --remove-orphans"]
+    if listed:
+        expected[:0] = ["compose stop worker", "compose stop scheduler coordinator"]
+    assert [c.split(" |")[0] for c in calls] == expected
+    assert all(f"TM_WORKERS={workers} " in c for c in calls), calls
+
+
+def test_just_up_and_down_without_a_compose_command_say_what_to_install() -> None:
+    for recipe in ("up", "down"):
+        result = just("--set", "COMPOSE", "none", recipe)
+        assert result.returncode != 0
+        assert "no compose command runs here" in result.stderr
+        assert "podman-compose" in result.stderr and "docker compose" in result.stderr
 
 
 # ------------------------------------------------------------------------------ CI
 
 
-def test_ci_runs_just_test() -> None:
+def ci_lines() -> list[str]:
     script = REPO / ".ci" / "run"
     assert os.access(script, os.X_OK), ".ci/run is not executable"
-    lines = [
+    return [
         line.strip()
         for line in script.read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.strip().startswith("#")
     ]
-    assert any(re.fullmatch(r"just test(\s.*)?", line) for line in lines)
+
+
+def test_ci_runs_just_test() -> None:
+    assert any(re.fullmatch(r"just test(\s.*)?", line) for line in ci_lines())
+
+
+def test_ci_runs_the_container_test_after_just_test(justfile_dump: dict[str, Any]) -> None:
+    lines = ci_lines()
+    test = next(i for i, line in enumerate(lines) if re.fullmatch(r"just test(\s.*)?", line))
+    assert "just test-containers" in lines[test + 1:], "no container step after `just test`"
+    # `just test` itself must not run it (it takes minutes): the module skips unless the
+    # recipe asks for it.
+    recipe = body_text(justfile_dump["recipes"]["test-containers"])
+    assert ".ci/containers/prepare.sh" in recipe and "TM_TEST_CONTAINERS=1" in recipe
+    assert "TM_TEST_CONTAINERS" not in body_text(justfile_dump["recipes"]["test"])
+
+
+@pytest.mark.parametrize("script", ["prepare.sh", "healthd.sh"])
+def test_container_scripts_are_executable_bash(script: str) -> None:
+    path = REPO / ".ci" / "containers" / script
+    assert os.access(path, os.X_OK), f"{path} is not executable"
+    bash = shutil.which("bash")
+    assert bash
+    checked = subprocess.run([bash, "-n", str(path)], capture_output=True, text=True,
+                             timeout=30)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_stand_ins_exist_for_the_images_compose_and_the_containerfile_use(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    prepare = (REPO / ".ci" / "containers" / "prepare.sh").read_text(encoding="utf-8")
+    wanted = {base_image(stages()[0]), base_image(stages()[-1]), services["postgres"]["image"]}
+    for image in wanted:
+        assert image in prepare, f"prepare.sh has no stand-in for {image}"
+    for folder in ("python", "postgres"):
+        assert (REPO / ".ci" / "containers" / "standins" / folder / "Containerfile").exists()
 
 
 def test_the_test_suite_collects_these_tests() -> None:

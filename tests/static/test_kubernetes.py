@@ -32,6 +32,7 @@ from tests.static.kube import COMPONENT, OVERLAYS, Manifests, Pod
 from tm import cli
 from tm.cli import main as tm_cli
 from tm.core.addresses import split_address
+from tm.runner import shutdown_bound
 from tm.scheduler.app import create_app
 from tm.scheduler.http import OPEN_PATHS
 from tm.settings import CoordinatorSettings, SchedulerSettings, WorkerSettings
@@ -311,7 +312,7 @@ def test_worker_grace_period_covers_the_drain(m: Manifests) -> None:
     assert drain == WorkerSettings().drain_grace_s
     assert drain == option(tm_cli.commands["worker"], "--drain-grace").default
     spec = m.pod("worker")["spec"]
-    needed = drain + worker_hard_stop_after_drain() + MARGIN_S
+    needed = shutdown_bound(drain + worker_hard_stop_after_drain()) + MARGIN_S
     assert spec["terminationGracePeriodSeconds"] >= needed
     # SIGTERM starts the drain; a preStop hook would spend the budget before it.
     assert "lifecycle" not in m.container("worker")
@@ -332,7 +333,7 @@ def test_server_grace_period_covers_prestop_and_shutdown(m: Manifests, component
     if component == "scheduler":
         assert pre_stop >= 1, "the Service must drop the pod before it stops accepting"
     spec = m.pod(component)["spec"]
-    assert spec["terminationGracePeriodSeconds"] >= pre_stop + grace + MARGIN_S
+    assert spec["terminationGracePeriodSeconds"] >= pre_stop + shutdown_bound(grace) + MARGIN_S
 
 
 # ------------------------------------------------------------------------------ secrets
