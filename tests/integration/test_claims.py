@@ -115,6 +115,34 @@ async def test_claim_with_fewer_due_tasks_than_slots(db_url: str) -> None:
             assert counts == {"picked": 2, "scheduled": 1}
 
 
+async def test_claim_pairs_due_tasks_with_slots_in_order(db_url: str) -> None:
+    """What the coordinator pushes is what the claim pairs: the i-th oldest due task goes to
+    slots[i], whatever the slots repeat, and only a prefix of the slots is used when fewer
+    tasks are due; grouped by worker (as the coordinator batches pushes), each worker gets
+    exactly the tasks paired with its slots."""
+    rng = random.Random(12)
+    with trio.fail_after(30):
+        async with open_db(db_url) as db:
+            remaining = await insert_due(db, 50)  # oldest first
+            while True:
+                slots = [rng.choice("abc") for _ in range(rng.randint(0, 12))]
+                claimed = await dispatch.claim(db, slots, "c1", 30.0)
+                paired = list(zip(remaining, slots, strict=False))
+                assert sorted((c.scheduled_at, c.task_id, c.worker_id) for c in claimed) == [
+                    ((await task_row(db, t))["scheduled_at"], t, w) for t, w in paired
+                ]
+                batches: dict[str, set[uuid.UUID]] = {}
+                for c in claimed:
+                    batches.setdefault(c.worker_id, set()).add(c.task_id)
+                assert batches == {
+                    w: {t for t, slot in paired if slot == w} for _, w in paired
+                }
+                remaining = remaining[len(paired):]
+                if not remaining and slots:
+                    break
+            assert await dispatch.claim(db, ["a"], "c1", 30.0) == []
+
+
 async def test_concurrent_claimers_never_share_a_task(db_url: str) -> None:
     total, pools, per_pool = 2000, 4, 2
     claims: dict[str, list[uuid.UUID]] = {}
