@@ -20,10 +20,9 @@ statement receives (tm/db/reports.py), and tm/wire.py maps it to and from the pr
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import IntEnum
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 
 class ReportKind(IntEnum):
@@ -41,9 +40,9 @@ RESULTS = frozenset({ReportKind.COMPLETED, ReportKind.FAILED})
 TaskKey = TypeVar("TaskKey", bound=Hashable)
 
 
-@dataclass(frozen=True, slots=True)
-class Report(Generic[TaskKey]):
-    """One task update from a worker, fenced by `(task_id, attempt)`."""
+class Report(NamedTuple, Generic[TaskKey]):
+    """One task update from a worker, fenced by `(task_id, attempt)`. (A NamedTuple: the
+    worker makes one per update and the coordinator one per update received.)"""
 
     task_id: TaskKey
     attempt: int
@@ -75,7 +74,7 @@ def merge(earlier: Report[TaskKey], later: Report[TaskKey]) -> Report[TaskKey]:
     if later.attempt > earlier.attempt or later.start_time is not None:
         return later
     started_at = earlier.start_time
-    return later if started_at is None else replace(later, started_at=started_at)
+    return later if started_at is None else later._replace(started_at=started_at)
 
 
 def collapse(reports: Iterable[Report[TaskKey]]) -> list[Report[TaskKey]]:
