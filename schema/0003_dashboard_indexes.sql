@@ -1,7 +1,7 @@
 -- The dashboard's charts look at the last minutes only; without these indexes they would
 -- scan the whole (mostly finished) tasks table on every refresh.
 
--- Finished per minute (tm/db/ui_queries.py FINISHED_PER_MINUTE).
+-- Finished per minute (tm/db/dashboard.py FINISHED_PER_MINUTE).
 CREATE INDEX tasks_finished_at ON tasks ((coalesce(completed_at, failed_at)))
     WHERE status IN ('completed', 'failed');
 

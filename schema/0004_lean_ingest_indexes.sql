@@ -1,6 +1,6 @@
 -- Every index a new task enters costs PostgreSQL CPU on every insert; batch ingest is bound
 -- by it (measured here: one INSERT of 10,000 tasks cost ~85 ms of PostgreSQL CPU with the
--- indexes of 0001-0003, ~69 ms with these; ~41 ms by COPY, see tm/db/queries.py).
+-- indexes of 0001-0003, ~69 ms with these; ~41 ms by COPY, see tm/db/tasks.py).
 --
 -- Upgrading: the indexes are rebuilt inside the migration's transaction, so writes to
 -- `tasks` wait for it; measured here at about 1.5 s per 1,000,000 tasks.

@@ -16,7 +16,8 @@ import trio_asyncio
 
 from tm.aio.pg import Database, open_database
 from tm.core.tasks import NewTask
-from tm.db import queries
+from tm.db import dispatch
+from tm.db import tasks as db_tasks
 
 
 @contextlib.asynccontextmanager
@@ -42,7 +43,7 @@ def new_task(
 
 async def insert(db: Database, tasks: Sequence[NewTask]) -> list[uuid.UUID]:
     """Insert `tasks`; their ids in input order."""
-    inserted = await queries.insert_tasks(db, tasks)
+    inserted = await db_tasks.insert_tasks(db, tasks)
     return [i.row["task_id"] for i in inserted]
 
 
@@ -64,8 +65,8 @@ async def task_row(db: Database, task_id: uuid.UUID) -> Any:
 
 async def claim_one(
     db: Database, task_id: uuid.UUID, worker_id: str = "w1", *, lease_s: float = 30.0
-) -> queries.Claimed:
+) -> dispatch.Claimed:
     """Claim exactly `task_id` (it must be the only due task) for `worker_id`."""
-    claimed = await queries.claim(db, [worker_id], "c1", lease_s)
+    claimed = await dispatch.claim(db, [worker_id], "c1", lease_s)
     assert [c.task_id for c in claimed] == [task_id]
     return claimed[0]

@@ -22,24 +22,24 @@ import trio.testing
 from tests.integration.helpers import insert, new_task, open_db
 from tm.aio.pg import Database, DatabaseUnavailable
 from tm.core.tasks import NewTask
-from tm.db import queries
+from tm.db import tasks as db_tasks
 from tm.scheduler.ingest import GroupCommit
 
-InsertTasks = Callable[[Database, Sequence[NewTask]], Awaitable[list[queries.Inserted]]]
+InsertTasks = Callable[[Database, Sequence[NewTask]], Awaitable[list[db_tasks.Inserted]]]
 
 
 def recording_insert(
     monkeypatch: pytest.MonkeyPatch, calls: list[list[NewTask]]
 ) -> InsertTasks:
-    """Replace `queries.insert_tasks` (as GroupCommit calls it) by a wrapper that records
+    """Replace `db_tasks.insert_tasks` (as GroupCommit calls it) by a wrapper that records
     each statement's tasks and delegates to the real one; returns the real one."""
-    real = queries.insert_tasks
+    real = db_tasks.insert_tasks
 
-    async def wrapper(db: Database, tasks: Sequence[NewTask]) -> list[queries.Inserted]:
+    async def wrapper(db: Database, tasks: Sequence[NewTask]) -> list[db_tasks.Inserted]:
         calls.append(list(tasks))
         return await real(db, tasks)
 
-    monkeypatch.setattr(queries, "insert_tasks", wrapper)
+    monkeypatch.setattr(db_tasks, "insert_tasks", wrapper)
     return real
 
 
@@ -63,7 +63,7 @@ async def test_concurrent_requests_are_grouped_and_every_one_is_durable(
     calls: list[list[NewTask]] = []
     recording_insert(monkeypatch, calls)
     batches = requests(200)
-    answers: dict[int, list[queries.Inserted]] = {}
+    answers: dict[int, list[db_tasks.Inserted]] = {}
     with trio.fail_after(30):
         async with open_db(db_url) as db, trio.open_nursery() as outer:
             gc = GroupCommit(db)
@@ -122,13 +122,13 @@ async def test_at_most_flushes_statements_are_in_flight(
 ) -> None:
     """While statements wait for the database, the next groups are written — never more
     than `flushes` at once — and requests queued behind them are still grouped."""
-    real = queries.insert_tasks
+    real = db_tasks.insert_tasks
     in_flight: list[int] = [0]
     peak: list[int] = [0]
     calls: list[int] = []
     release = trio.Event()
 
-    async def slow(db: Database, tasks: Sequence[NewTask]) -> list[queries.Inserted]:
+    async def slow(db: Database, tasks: Sequence[NewTask]) -> list[db_tasks.Inserted]:
         in_flight[0] += 1
         peak[0] = max(peak[0], in_flight[0])
         calls.append(len(tasks))
@@ -138,9 +138,9 @@ async def test_at_most_flushes_statements_are_in_flight(
         finally:
             in_flight[0] -= 1
 
-    monkeypatch.setattr(queries, "insert_tasks", slow)
+    monkeypatch.setattr(db_tasks, "insert_tasks", slow)
     batches = requests(30, low=1, high=3, seed=11)
-    answers: dict[int, list[queries.Inserted]] = {}
+    answers: dict[int, list[db_tasks.Inserted]] = {}
     with trio.fail_after(20):
         async with open_db(db_url) as db, trio.open_nursery() as outer:
             gc = GroupCommit(db, flushes=flushes)
@@ -177,7 +177,7 @@ async def test_same_idempotency_key_in_one_group_makes_one_task(
     recording_insert(monkeypatch, calls)
     first = [new_task("a"), new_task("keyed first", idempotency_key="same")]
     second = [new_task("keyed second", idempotency_key="same"), new_task("b")]
-    answers: dict[str, list[queries.Inserted]] = {}
+    answers: dict[str, list[db_tasks.Inserted]] = {}
     with trio.fail_after(20):
         async with open_db(db_url) as db, trio.open_nursery() as nursery:
             gc = GroupCommit(db)
@@ -205,9 +205,9 @@ async def test_same_idempotency_key_in_one_group_makes_one_task(
 
 async def queue_then_run(
     gc: GroupCommit, batches: Sequence[Sequence[NewTask]]
-) -> list[list[queries.Inserted] | BaseException]:
+) -> list[list[db_tasks.Inserted] | BaseException]:
     """Queue every request (in order) before `gc.run` starts; each one's answer or error."""
-    outcomes: list[list[queries.Inserted] | BaseException] = [
+    outcomes: list[list[db_tasks.Inserted] | BaseException] = [
         RuntimeError("unanswered") for _ in batches
     ]
     async with trio.open_nursery() as nursery:
@@ -302,7 +302,7 @@ async def test_one_bad_request_fails_alone(
                 task_id=existing, command="duplicate id", scheduled_at=None)]
             batches.insert(5, bad)
             grouped = sum(len(b) for b in batches)
-            assert (grouped >= queries.COPY_MIN_TASKS) == (sizes[0] > 1)
+            assert (grouped >= db_tasks.COPY_MIN_TASKS) == (sizes[0] > 1)
             gc = GroupCommit(db)
             outcomes = await queue_then_run(gc, batches)
 
@@ -358,7 +358,7 @@ async def test_database_unavailable_fails_the_whole_group_and_acknowledges_nothi
         calls.append(list(tasks))
         raise DatabaseUnavailable("database unavailable: test outage")
 
-    monkeypatch.setattr(queries, "insert_tasks", unavailable)
+    monkeypatch.setattr(db_tasks, "insert_tasks", unavailable)
     batches = requests(25, low=1, high=10, seed=5)
     with trio.fail_after(20):
         async with open_db(db_url) as db:
@@ -373,7 +373,7 @@ async def test_database_unavailable_fails_the_whole_group_and_acknowledges_nothi
             assert await db.fetchval("SELECT count(*) FROM tasks") == 0
 
             # The database is back: the same GroupCommit serves again.
-            monkeypatch.setattr(queries, "insert_tasks", real)
+            monkeypatch.setattr(db_tasks, "insert_tasks", real)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(gc.run)
                 task = new_task("after the outage")

@@ -20,36 +20,37 @@ from tests.integration.helpers import (
     task_row,
 )
 from tm.aio.pg import open_database
+from tm.core.reports import Report, ReportKind
 from tm.core.tasks import TASK_FIELDS, InvalidInput, Status
 from tm.core.timefmt import parse_time
-from tm.db import queries
-from tm.db.queries import COMPLETED, FAILED, STARTED, Report
+from tm.db import dispatch, notify, reports
+from tm.db import tasks as db_tasks
 
 
 async def test_same_idempotency_key_returns_existing_task(db_url: str) -> None:
     with trio.fail_after(20):
         async with open_db(db_url) as db:
             first = new_task("echo first", idempotency_key="k-1", max_attempts=2)
-            [one] = await queries.insert_tasks(db, [first])
+            [one] = await db_tasks.insert_tasks(db, [first])
             assert one.created
             assert one.row["task_id"] == first.task_id
             assert one.row["command"] == "echo first"
             assert set(TASK_FIELDS) <= set(one.row.keys())
 
             repeat = new_task("echo second", idempotency_key="k-1", max_attempts=5)
-            [two] = await queries.insert_tasks(db, [repeat])
+            [two] = await db_tasks.insert_tasks(db, [repeat])
             assert not two.created
             assert two.row["task_id"] == first.task_id
             assert two.row["command"] == "echo first"
             assert two.row["max_attempts"] == 2
             assert await db.fetchval("SELECT count(*) FROM tasks") == 1
-            assert await queries.get_task(db, repeat.task_id) is None
+            assert await db_tasks.get_task(db, repeat.task_id) is None
 
 
 async def test_duplicate_keys_in_one_batch_map_to_one_task(db_url: str) -> None:
     with trio.fail_after(20):
         async with open_db(db_url) as db:
-            [old] = await queries.insert_tasks(db, [new_task("old", idempotency_key="known")])
+            [old] = await db_tasks.insert_tasks(db, [new_task("old", idempotency_key="known")])
             batch = [
                 new_task("a", idempotency_key="dup"),
                 new_task("b"),
@@ -57,7 +58,7 @@ async def test_duplicate_keys_in_one_batch_map_to_one_task(db_url: str) -> None:
                 new_task("d", idempotency_key="known"),
                 new_task("e"),
             ]
-            out = await queries.insert_tasks(db, batch)
+            out = await db_tasks.insert_tasks(db, batch)
             assert [o.created for o in out] == [True, True, False, False, True]
             ids = [o.row["task_id"] for o in out]
             assert ids[0] == ids[2] == batch[0].task_id
@@ -68,12 +69,12 @@ async def test_duplicate_keys_in_one_batch_map_to_one_task(db_url: str) -> None:
 
 
 async def test_concurrent_inserts_with_one_key_create_one_task(db_url: str) -> None:
-    results: list[queries.Inserted] = []
+    results: list[db_tasks.Inserted] = []
 
     async def one(i: int) -> None:
         async with open_database(db_url, max_size=1) as pool:
             results.extend(
-                await queries.insert_tasks(pool, [new_task(f"c{i}", idempotency_key="race")])
+                await db_tasks.insert_tasks(pool, [new_task(f"c{i}", idempotency_key="race")])
             )
 
     with trio.fail_after(20):
@@ -97,10 +98,10 @@ async def test_concurrent_batches_sharing_keys_in_other_orders_do_not_deadlock(
     keys = [f"k{i:04d}" for i in range(2000)]
     forward = [new_task(f"f {k}", idempotency_key=k) for k in keys]
     backward = [new_task(f"b {k}", idempotency_key=k) for k in reversed(keys)]
-    answers: dict[str, list[queries.Inserted]] = {}
+    answers: dict[str, list[db_tasks.Inserted]] = {}
 
     async def one(name: str, tasks: list[Any], db: Any) -> None:
-        answers[name] = await queries.insert_tasks(db, tasks)
+        answers[name] = await db_tasks.insert_tasks(db, tasks)
 
     with trio.fail_after(30):
         async with open_db(db_url) as db:
@@ -123,7 +124,7 @@ async def test_scheduled_at_none_means_now(db_url: str) -> None:
         async with open_db(db_url) as db:
             t0 = await db_now(db)
             given = t0 + timedelta(hours=2)
-            [now_task, later] = await queries.insert_tasks(
+            [now_task, later] = await db_tasks.insert_tasks(
                 db, [new_task("now", None), new_task("later", given)]
             )
             t1 = await db_now(db)
@@ -148,14 +149,14 @@ async def test_scheduled_at_none_means_now(db_url: str) -> None:
                     assert row[field] is None
             # what the insert answers is exactly what it stored
             for inserted in (now_task, later):
-                stored = await queries.get_task(db, inserted.row["task_id"])
+                stored = await db_tasks.get_task(db, inserted.row["task_id"])
                 assert dict(stored) == inserted.row
             # "now" is due at once
-            claimed = await queries.claim(db, ["w1", "w1"], "c1", 30.0)
+            claimed = await dispatch.claim(db, ["w1", "w1"], "c1", 30.0)
             assert [c.task_id for c in claimed] == [now_task.row["task_id"]]
 
 
-@pytest.mark.parametrize("size", [2, queries.COPY_MIN_TASKS + 5])
+@pytest.mark.parametrize("size", [2, db_tasks.COPY_MIN_TASKS + 5])
 async def test_batch_stores_what_it_answers(
     db_url: str, size: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -163,15 +164,15 @@ async def test_batch_stores_what_it_answers(
     either way every stored row is the row the insert answers, and coordinators are told
     the earliest due time."""
     copied: list[int] = []
-    copy_tasks = queries._copy_tasks
+    copy_tasks = db_tasks._copy_tasks
 
     async def spy(conn: Any, tasks: Any) -> Any:
         copied.append(len(tasks))
         return await copy_tasks(conn, tasks)
 
-    monkeypatch.setattr(queries, "_copy_tasks", spy)
+    monkeypatch.setattr(db_tasks, "_copy_tasks", spy)
     with trio.fail_after(20):
-        async with open_db(db_url) as db, db.listen("tm_due") as notes:
+        async with open_db(db_url) as db, db.listen(notify.DUE) as notes:
             t0 = await db_now(db)
             soon = t0 + timedelta(minutes=5, microseconds=3)
             batch = [
@@ -180,9 +181,9 @@ async def test_batch_stores_what_it_answers(
                          at_most_once=i % 5 == 0)
                 for i in range(size)
             ]
-            out = await queries.insert_tasks(db, batch)
+            out = await db_tasks.insert_tasks(db, batch)
             t1 = await db_now(db)
-            assert copied == ([size] if size >= queries.COPY_MIN_TASKS else [])
+            assert copied == ([size] if size >= db_tasks.COPY_MIN_TASKS else [])
             assert [o.created for o in out] == [True] * size
             assert len({o.row["created_at"] for o in out}) == 1
             assert t0 <= out[0].row["created_at"] <= t1
@@ -211,7 +212,7 @@ async def test_list_tasks_pages_newest_first(db_url: str) -> None:
             pages: list[list[uuid.UUID]] = []
             after: str | None = None
             while True:
-                rows, after = await queries.list_tasks(db, status=None, limit=100, after=after)
+                rows, after = await db_tasks.list_tasks(db, status=None, limit=100, after=after)
                 pages.append([r["task_id"] for r in rows])
                 if after is None:
                     break
@@ -224,7 +225,7 @@ async def test_list_tasks_pages_newest_first(db_url: str) -> None:
             assert seen == expected  # newest first, no duplicates, nothing missing
 
             # exactly `limit` rows left: the page is full and there is no next page
-            rows, nxt = await queries.list_tasks(db, status=None, limit=257, after=None)
+            rows, nxt = await db_tasks.list_tasks(db, status=None, limit=257, after=None)
             assert len(rows) == 257 and nxt is None
 
 
@@ -233,17 +234,17 @@ async def test_list_tasks_status_filter(db_url: str) -> None:
         async with open_db(db_url) as db:
             ids = await insert_due(db, 60)
             await insert(db, [new_task("later", await db_now(db) + timedelta(hours=1))])
-            picked = {c.task_id for c in await queries.claim(db, ["w1"] * 25, "c1", 30.0)}
+            picked = {c.task_id for c in await dispatch.claim(db, ["w1"] * 25, "c1", 30.0)}
             assert len(picked) == 25
             cancelled = ids[-5:]
             for task_id in cancelled:
-                assert (await queries.cancel_task(db, task_id))[0] == "cancelled"
+                assert (await db_tasks.cancel_task(db, task_id))[0] == "cancelled"
 
             async def all_pages(status: Status | None, limit: int) -> list[uuid.UUID]:
                 out: list[uuid.UUID] = []
                 after: str | None = None
                 while True:
-                    rows, after = await queries.list_tasks(
+                    rows, after = await db_tasks.list_tasks(
                         db, status=status, limit=limit, after=after
                     )
                     assert all(status is None or r["status"] == status.value for r in rows)
@@ -278,23 +279,23 @@ async def test_bad_cursor_is_invalid_input(db_url: str) -> None:
     ]
     for cursor in garbage:
         with pytest.raises(InvalidInput):
-            queries.decode_cursor(cursor)
+            db_tasks.decode_cursor(cursor)
     with trio.fail_after(20):
         async with open_db(db_url) as db:
             with pytest.raises(InvalidInput):
-                await queries.list_tasks(db, status=None, limit=10, after="garbage")
+                await db_tasks.list_tasks(db, status=None, limit=10, after="garbage")
             # a real cursor round-trips exactly
             await insert(db, [new_task("x") for _ in range(3)])
-            rows, nxt = await queries.list_tasks(db, status=None, limit=1, after=None)
+            rows, nxt = await db_tasks.list_tasks(db, status=None, limit=1, after=None)
             assert nxt is not None
-            assert queries.decode_cursor(nxt) == (rows[0]["created_at"], rows[0]["task_id"])
+            assert db_tasks.decode_cursor(nxt) == (rows[0]["created_at"], rows[0]["task_id"])
 
 
 @pytest.mark.parametrize("micros", [10**23, -(10**23)])
 def test_cursor_with_out_of_range_time_is_invalid_input(micros: int) -> None:
     raw = f"{micros}:00000000-0000-0000-0000-000000000000".encode()
     with pytest.raises(InvalidInput):
-        queries.decode_cursor(base64.urlsafe_b64encode(raw).decode().rstrip("="))
+        db_tasks.decode_cursor(base64.urlsafe_b64encode(raw).decode().rstrip("="))
 
 
 async def test_cancel_task(db_url: str) -> None:
@@ -303,7 +304,7 @@ async def test_cancel_task(db_url: str) -> None:
             scheduled, completed = await insert_due(db, 2)
             [future] = await insert(db, [new_task("f", await db_now(db) + timedelta(days=1))])
 
-            outcome, row = await queries.cancel_task(db, future)
+            outcome, row = await db_tasks.cancel_task(db, future)
             assert outcome == "cancelled"
             assert row["status"] == "cancelled"
             assert row["cancelled_at"] is not None
@@ -313,25 +314,25 @@ async def test_cancel_task(db_url: str) -> None:
             assert stored["cancelled_at"] == row["cancelled_at"]
 
             # cancelling twice: it has finished (cancelled is terminal)
-            outcome, row = await queries.cancel_task(db, future)
+            outcome, row = await db_tasks.cancel_task(db, future)
             assert outcome == "finished"
             assert row["status"] == "cancelled"
 
             await claim_one(db, scheduled, "w1")  # the due one that is not yet cancelled ...
-            await queries.apply_reports(
+            await reports.apply_reports(
                 db,
-                [Report(scheduled, 1, COMPLETED, await db_now(db), exit_code=0)],
+                [Report(scheduled, 1, ReportKind.COMPLETED, await db_now(db), exit_code=0)],
                 retry_base_s=1,
                 retry_cap_s=1,
             )
             before = dict(await task_row(db, scheduled))
-            outcome, row = await queries.cancel_task(db, scheduled)  # ... completed: 409
+            outcome, row = await db_tasks.cancel_task(db, scheduled)  # ... completed: 409
             assert outcome == "finished"
             assert row["status"] == "completed"
             assert row["task_id"] == scheduled
             assert dict(await task_row(db, scheduled)) == before
 
-            assert await queries.cancel_task(db, uuid.uuid4()) == ("unknown", None)
+            assert await db_tasks.cancel_task(db, uuid.uuid4()) == ("unknown", None)
             assert (await task_row(db, completed))["status"] == "scheduled"
 
 
@@ -340,25 +341,27 @@ async def test_cancel_held_task_notifies_its_coordinators(db_url: str) -> None:
         async with open_db(db_url) as db:
             [task_id] = await insert_due(db, 1)
             await claim_one(db, task_id, "w7")
-            await queries.apply_reports(
+            await reports.apply_reports(
                 db,
-                [Report(task_id, 1, STARTED, await db_now(db))],
+                [Report(task_id, 1, ReportKind.STARTED, await db_now(db))],
                 retry_base_s=1,
                 retry_cap_s=1,
             )
-            async with db.listen("tm_cancel") as notes:
-                outcome, row = await queries.cancel_task(db, task_id)
+            async with db.listen(notify.CANCEL) as notes:
+                outcome, row = await db_tasks.cancel_task(db, task_id)
                 assert outcome == "cancelled"
                 assert row["held_by"] == "w7"
                 assert row["held_attempt"] == 1
-                assert await notes.receive() == f"{task_id} 1 w7"
+                payload = await notes.receive()
+                assert payload == f"{task_id} 1 w7"
+                assert notify.CancelNotice.decode(payload) == notify.CancelNotice(task_id, 1, "w7")
             stored = await task_row(db, task_id)
             assert stored["status"] == "cancelled"
             assert stored["lease_expires_at"] is None
             # the worker's result, arriving after the cancel, is stale
-            _, stale = await queries.apply_reports(
+            _, stale = await reports.apply_reports(
                 db,
-                [Report(task_id, 1, COMPLETED, await db_now(db), exit_code=0)],
+                [Report(task_id, 1, ReportKind.COMPLETED, await db_now(db), exit_code=0)],
                 retry_base_s=1,
                 retry_cap_s=1,
             )
@@ -369,7 +372,7 @@ async def test_cancel_held_task_notifies_its_coordinators(db_url: str) -> None:
 async def test_due_notifications(db_url: str) -> None:
     """Coordinators LISTEN tm_due: inserts and reschedules announce the earliest due time."""
     with trio.fail_after(20):
-        async with open_db(db_url) as db, db.listen("tm_due") as notes:
+        async with open_db(db_url) as db, db.listen(notify.DUE) as notes:
             now = await db_now(db)
             early, late = now + timedelta(seconds=3, microseconds=7), now + timedelta(hours=1)
             await insert(db, [new_task("late", late), new_task("early", early)])
@@ -379,14 +382,14 @@ async def test_due_notifications(db_url: str) -> None:
             [due] = await insert_due(db, 1)
             assert parse_time(await notes.receive(), "payload") < now
             await claim_one(db, due, "w1")
-            await db.execute("SELECT pg_notify('tm_due', 'marker')")
+            await db.execute(notify.notify_statement(notify.DUE), "marker")
             assert await notes.receive() == "marker"
 
             # a retry after a failure is announced with its new due time
             await db.execute("UPDATE tasks SET max_attempts = 2 WHERE task_id = $1", due)
-            await queries.apply_reports(
+            await reports.apply_reports(
                 db,
-                [Report(due, 1, FAILED, await db_now(db), error="x")],
+                [Report(due, 1, ReportKind.FAILED, await db_now(db), error="x")],
                 retry_base_s=5,
                 retry_cap_s=5,
             )

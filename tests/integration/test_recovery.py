@@ -10,13 +10,15 @@ import trio
 from tests.integration.helpers import claim_one, db_now, insert_due, open_db, task_row
 from tm.aio.pg import Database
 from tm.core.lifecycle import WORKER_LOST
-from tm.db import queries
-from tm.db.queries import COMPLETED, STARTED, Report, WorkerRecord
+from tm.core.reports import Report
+from tm.core.reports import ReportKind as K
+from tm.db import dispatch, recovery, reports, workers
+from tm.db.workers import WorkerRecord
 
 
 async def start(db: Database, task_id: uuid.UUID, attempt: int = 1) -> None:
-    applied, _ = await queries.apply_reports(
-        db, [Report(task_id, attempt, STARTED, await db_now(db))], retry_base_s=1, retry_cap_s=1
+    applied, _ = await reports.apply_reports(
+        db, [Report(task_id, attempt, K.STARTED, await db_now(db))], retry_base_s=1, retry_cap_s=1
     )
     assert applied == 1
 
@@ -38,16 +40,16 @@ async def test_recover_worker_tasks_reschedules(db_url: str) -> None:
             await start(db, running)
             await claim_one(db, other, "w2")
             await claim_one(db, done, "w1")
-            await queries.apply_reports(
+            await reports.apply_reports(
                 db,
-                [Report(done, 1, COMPLETED, await db_now(db), exit_code=0)],
+                [Report(done, 1, K.COMPLETED, await db_now(db), exit_code=0)],
                 retry_base_s=1,
                 retry_cap_s=1,
             )
             done_before = dict(await task_row(db, done))
             other_before = dict(await task_row(db, other))
 
-            rows = await queries.recover_worker_tasks(db, "w1")
+            rows = await recovery.recover_worker_tasks(db, "w1")
             assert {(r["task_id"], r["status"]) for r in rows} == {
                 (picked, "scheduled"),
                 (running, "scheduled"),
@@ -65,13 +67,13 @@ async def test_recover_worker_tasks_reschedules(db_url: str) -> None:
             assert dict(await task_row(db, done)) == done_before
 
             # nothing left to recover; the tasks are claimable again, with a new attempt
-            assert await queries.recover_worker_tasks(db, "w1") == []
-            again = await queries.claim(db, ["w3", "w3"], "c1", 30.0)
+            assert await recovery.recover_worker_tasks(db, "w1") == []
+            again = await dispatch.claim(db, ["w3", "w3"], "c1", 30.0)
             assert {(c.task_id, c.attempt) for c in again} == {(picked, 2), (running, 2)}
             # and the lost worker's late result is stale
-            _, stale = await queries.apply_reports(
+            _, stale = await reports.apply_reports(
                 db,
-                [Report(running, 1, COMPLETED, await db_now(db))],
+                [Report(running, 1, K.COMPLETED, await db_now(db))],
                 retry_base_s=1,
                 retry_cap_s=1,
             )
@@ -85,7 +87,7 @@ async def test_recover_at_most_once_fails(db_url: str) -> None:
             [task_id] = await insert_due(db, 1, at_most_once=True, max_attempts=3)
             await claim_one(db, task_id, "w1")
             await start(db, task_id)
-            rows = await queries.recover_worker_tasks(db, "w1")
+            rows = await recovery.recover_worker_tasks(db, "w1")
             assert [(r["task_id"], r["status"]) for r in rows] == [(task_id, "failed")]
             row = await task_row(db, task_id)
             assert row["status"] == "failed"
@@ -93,7 +95,7 @@ async def test_recover_at_most_once_fails(db_url: str) -> None:
             assert row["failed_at"] is not None
             assert row["failed_at"] >= row["picked_at"]
             assert row["lease_expires_at"] is None
-            assert await queries.claim(db, ["w2"], "c1", 30.0) == []
+            assert await dispatch.claim(db, ["w2"], "c1", 30.0) == []
 
 
 async def test_recover_fails_after_max_losses(db_url: str) -> None:
@@ -103,7 +105,7 @@ async def test_recover_fails_after_max_losses(db_url: str) -> None:
             for loss in (1, 2, 3):
                 claimed = await claim_one(db, task_id, f"w{loss}")
                 assert claimed.attempt == loss
-                [row] = await queries.recover_worker_tasks(db, f"w{loss}")
+                [row] = await recovery.recover_worker_tasks(db, f"w{loss}")
                 expected = "scheduled" if loss < 3 else "failed"
                 assert row["status"] == expected
                 assert (await task_row(db, task_id))["losses"] == loss
@@ -112,7 +114,7 @@ async def test_recover_fails_after_max_losses(db_url: str) -> None:
             assert row["error"] == WORKER_LOST
             assert row["failed_at"] is not None
             assert row["failures"] == 0
-            assert await queries.claim(db, ["w9"], "c1", 30.0) == []
+            assert await dispatch.claim(db, ["w9"], "c1", 30.0) == []
 
 
 async def test_recover_expired_leases_only_touches_expired_held_tasks(db_url: str) -> None:
@@ -123,9 +125,9 @@ async def test_recover_expired_leases_only_touches_expired_held_tasks(db_url: st
             for task_id in (picked, running, fresh, amo, done):
                 await claim_one(db, task_id, "w1")
             await start(db, running)
-            await queries.apply_reports(
+            await reports.apply_reports(
                 db,
-                [Report(done, 1, COMPLETED, await db_now(db))],
+                [Report(done, 1, K.COMPLETED, await db_now(db))],
                 retry_base_s=1,
                 retry_cap_s=1,
             )
@@ -135,7 +137,7 @@ async def test_recover_expired_leases_only_touches_expired_held_tasks(db_url: st
                 await expire_lease(db, task_id)
             untouched = {t: dict(await task_row(db, t)) for t in (fresh, done, scheduled)}
 
-            rows = await queries.recover_expired_leases(db)
+            rows = await recovery.recover_expired_leases(db)
             assert {(r["task_id"], r["status"]) for r in rows} == {
                 (picked, "scheduled"),
                 (running, "scheduled"),
@@ -151,7 +153,7 @@ async def test_recover_expired_leases_only_touches_expired_held_tasks(db_url: st
             assert (await task_row(db, amo))["error"] == WORKER_LOST
             for task_id, before in untouched.items():
                 assert dict(await task_row(db, task_id)) == before
-            assert await queries.recover_expired_leases(db) == []
+            assert await recovery.recover_expired_leases(db) == []
 
 
 async def test_heartbeat_renews_only_matching_leases(db_url: str) -> None:
@@ -163,7 +165,7 @@ async def test_heartbeat_renews_only_matching_leases(db_url: str) -> None:
             await claim_one(db, theirs, "w2", lease_s=1.0)
             await claim_one(db, returned, "w1", lease_s=1.0)
             await start(db, mine)
-            await queries.undo_push(db, [(returned, 1)])  # back to scheduled
+            await dispatch.undo_push(db, [(returned, 1)])  # back to scheduled
             before = {t: dict(await task_row(db, t)) for t in (wrong_attempt, theirs, returned)}
 
             t0 = await db_now(db)
@@ -175,7 +177,7 @@ async def test_heartbeat_renews_only_matching_leases(db_url: str) -> None:
                 free_slots=2,
                 held=[(mine, 1), (wrong_attempt, 2), (theirs, 1), (returned, 1)],
             )
-            await queries.record_heartbeat(db, worker, "c1", lease_s=60.0)
+            await workers.record_heartbeat(db, worker, "c1", lease_s=60.0)
             t1 = await db_now(db)
 
             lease = (await task_row(db, mine))["lease_expires_at"]
@@ -183,7 +185,7 @@ async def test_heartbeat_renews_only_matching_leases(db_url: str) -> None:
             for task_id, row in before.items():
                 assert dict(await task_row(db, task_id)) == row
 
-            [w] = await queries.list_workers(db, alive_within_s=30)
+            [w] = await workers.list_workers(db, alive_within_s=30)
             assert (w["worker_id"], w["address"], w["state"], w["capacity"], w["free_slots"]) == (
                 "w1",
                 "127.0.0.1:7001",
@@ -195,8 +197,8 @@ async def test_heartbeat_renews_only_matching_leases(db_url: str) -> None:
 
             # a later heartbeat updates the worker's row
             draining = WorkerRecord("w1", "127.0.0.1:7002", True, 4, 0, held=[])
-            await queries.record_heartbeat(db, draining, "c2", lease_s=60.0)
-            [w2] = await queries.list_workers(db, alive_within_s=30)
+            await workers.record_heartbeat(db, draining, "c2", lease_s=60.0)
+            [w2] = await workers.list_workers(db, alive_within_s=30)
             assert (w2["address"], w2["state"], w2["free_slots"]) == (
                 "127.0.0.1:7002",
                 "draining",
@@ -207,7 +209,7 @@ async def test_heartbeat_renews_only_matching_leases(db_url: str) -> None:
 
             # the leases that were not renewed run out; the renewed one survives the reaper
             await trio.sleep(1.05)
-            recovered = {r["task_id"] for r in await queries.recover_expired_leases(db)}
+            recovered = {r["task_id"] for r in await recovery.recover_expired_leases(db)}
             assert recovered == {wrong_attempt, theirs}
             assert (await task_row(db, mine))["status"] == "running"
 
@@ -217,17 +219,17 @@ async def test_worker_registry_rows(db_url: str) -> None:
         async with open_db(db_url) as db:
             for name, coordinator in (("w1", "c1"), ("w2", "c1"), ("w3", "c2")):
                 record = WorkerRecord(name, f"{name}:1", False, 2, 2, held=[])
-                await queries.record_heartbeat(db, record, coordinator, lease_s=10)
+                await workers.record_heartbeat(db, record, coordinator, lease_s=10)
             await db.execute(
                 "UPDATE workers SET last_heartbeat_at = clock_timestamp() - interval '1 minute' "
                 "WHERE worker_id = 'w2'"
             )
-            alive = [w["worker_id"] for w in await queries.list_workers(db, alive_within_s=30)]
+            alive = [w["worker_id"] for w in await workers.list_workers(db, alive_within_s=30)]
             assert alive == ["w1", "w3"]
 
             # only the coordinator that owns a worker's registration may forget it
-            await queries.forget_worker(db, "w3", "c1")
-            await queries.forget_worker(db, "w1", "c1")
-            await queries.forget_silent_workers(db, silent_for_s=30)
+            await workers.forget_worker(db, "w3", "c1")
+            await workers.forget_worker(db, "w1", "c1")
+            await workers.forget_silent_workers(db, silent_for_s=30)
             left = await db.fetch("SELECT worker_id FROM workers ORDER BY worker_id")
             assert [r["worker_id"] for r in left] == ["w3"]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tm.core.backoff import exponential
+from tm.core.backoff import exponential, schedule, spread
 
 FAST = settings(max_examples=200, deadline=None, database=None)
 
@@ -93,3 +93,29 @@ def test_monotone_in_jitter(
     assert exponential(tries, base=base, cap=cap, jitter=low) <= exponential(
         tries, base=base, cap=cap, jitter=high
     )
+
+
+# --- the schedule the report statement indexes by the row's failure count ----------------
+
+
+@FAST
+@given(tries_, st.floats(min_value=0.0, max_value=100.0), st.floats(min_value=0.0, max_value=1e9),
+       st.floats(allow_nan=False))
+@example(1, 0.0, 0.0, 0.5)  # no delay at all: the schedule is one zero
+@example(100, 1e-300, 1e300, 1.0)  # the exponent's limit, not the cap, ends the schedule
+def test_schedule_entry_times_spread_is_the_delay(
+    tries: int, base: float, cap: float, jitter: float
+) -> None:
+    """What tm/db/reports.py computes in SQL, from numbers computed here, is exponential()."""
+    delays = schedule(base=base, cap=cap)
+    entry = delays[min(tries, len(delays)) - 1]
+    assert entry * spread(jitter) == exponential(tries, base=base, cap=cap, jitter=jitter)
+    assert 1 <= len(delays) <= 63
+    assert list(delays) == sorted(set(delays))  # growing, and ends where it stops growing
+
+
+def test_schedule_examples() -> None:
+    assert schedule(base=1.0, cap=60.0) == (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0)
+    assert schedule(base=5.0, cap=2.0) == (2.0,)
+    assert schedule(base=0.0, cap=0.0) == (0.0,)
+    assert spread(0.0) == 0.5 and spread(1.0) == 1.0 and spread(-3.0) == 0.5

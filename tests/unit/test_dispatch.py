@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from tm.core.dispatch import Credit, advertise, group, plan, release, reserve
+from tm.core.dispatch import Credit, advertise, plan, release, reserve
 
 FAST = settings(max_examples=150, deadline=None, database=None)
 
@@ -229,27 +229,6 @@ def test_plan_with_nothing_to_give() -> None:
     assert plan([idle("a", 0), Credit("b", 2, free_slots=0)], 5) == []
 
 
-# --- group ------------------------------------------------------------------------------
-
-
-@FAST
-@given(st.lists(st.uuids().map(str), unique=True, max_size=20),
-       st.lists(st.sampled_from(["a", "b", "c"]), max_size=20))
-def test_group_pairs_tasks_with_slots_in_order(tasks: list[str], slots: list[str]) -> None:
-    batches = group(tasks, slots)
-    paired = list(zip(tasks, slots, strict=False))
-    assert sum(len(b) for b in batches.values()) == min(len(tasks), len(slots))
-    for worker_id, batch in batches.items():
-        assert batch == [t for t, w in paired if w == worker_id]
-    assert set(batches) == {w for _, w in paired}
-
-
-def test_group_example() -> None:
-    assert group(["t1", "t2", "t3", "t4"], ["a", "b", "a"]) == {"a": ["t1", "t3"], "b": ["t2"]}
-    assert group([], ["a"]) == {}
-    assert group(iter(["t1"]), iter(["a", "b"])) == {"a": ["t1"]}
-
-
 # --- a coordinator and its workers, over an unreliable network ---------------------------
 
 
@@ -320,7 +299,12 @@ class DispatchMachine(RuleBasedStateMachine):
         tasks = list(range(self.next_task, self.next_task + len(slots)))
         self.next_task += len(slots)
         self.backlog -= len(slots)
-        for worker_id, batch in group(tasks, slots).items():
+        # As the claim pairs them (the i-th oldest due task with slots[i]: see
+        # tests/integration/test_claims.py) and the coordinator pushes them, per worker.
+        batches: dict[str, list[int]] = {}
+        for task, slot in zip(tasks, slots, strict=True):
+            batches.setdefault(slot, []).append(task)
+        for worker_id, batch in batches.items():
             assert len(batch) <= before[worker_id]
             # Never raises: the plan was made out of available credit.
             self.credits[worker_id] = reserve(self.credits[worker_id], len(batch))

@@ -28,6 +28,7 @@ from tm.core.lifecycle import (
     Outcome,
     TaskState,
     cancel,
+    cancelled,
     claim,
     completed,
     failed,
@@ -260,7 +261,7 @@ MOSTLY = st.sampled_from([True, True, True, False])
 # Weighted: a claimed task is started more often than it is anything else.
 REPORT_KINDS = st.sampled_from(
     ["started", "started", "started", "completed", "completed", "failed", "failed",
-     "push_failed", "returned"]
+     "cancelled", "push_failed", "returned"]
 )
 
 # Every report a worker can make: the statuses it fits, and the call (attempt as argument).
@@ -268,6 +269,7 @@ REPORTS: dict[str, tuple[frozenset[Status], Callable[[TaskState, int], Outcome]]
     "started": (frozenset({Status.PICKED}), started),
     "completed": (HELD, completed),
     "failed": (HELD, lambda state, attempt: failed(state, attempt, "exit 1", 0.0)),
+    "cancelled": (HELD, cancelled),
     "push_failed": (frozenset({Status.PICKED}), push_failed),
     "returned": (frozenset({Status.PICKED}), returned),
 }
@@ -300,7 +302,10 @@ def check_fitting_transitions(state: TaskState, now: float) -> None:
             outcomes.append(back)
     if state.status in HELD:
         done = completed(state, state.attempt)
-        assert done.state == replace(state, status=Status.COMPLETED, worker_id=None)
+        # A completion clears an earlier attempt's error (as the report statement does).
+        assert done.state == replace(state, status=Status.COMPLETED, worker_id=None, error=None)
+        stopped = cancelled(state, state.attempt)
+        assert stopped.state == replace(state, status=Status.CANCELLED, worker_id=None)
         fail = failed(state, state.attempt, "exit 2", now + 7)
         retry = state.failures + 1 < state.max_attempts and not state.at_most_once
         if retry:
@@ -324,7 +329,7 @@ def check_fitting_transitions(state: TaskState, now: float) -> None:
             assert lost.state == replace(
                 state, status=Status.SCHEDULED, worker_id=None, losses=state.losses + 1
             )
-        outcomes += [done, fail, lost]
+        outcomes += [done, stopped, fail, lost]
     if not state.status.terminal:
         gone = cancel(state)
         assert gone.state == replace(state, status=Status.CANCELLED, worker_id=None)
@@ -448,6 +453,10 @@ class LifecycleMachine(RuleBasedStateMachine):
             task, fits = self.report(data, HELD, completed)
             if fits:
                 assert task.state.status is Status.COMPLETED
+        elif kind == "cancelled":
+            task, fits = self.report(data, HELD, cancelled)
+            if fits:
+                assert task.state.status is Status.CANCELLED
         elif kind == "failed":
             task, fits = self.report(
                 data, HELD, lambda state, attempt: failed(state, attempt, "exit 1", retry_at)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tm.core.tasks import TASK_FIELDS, NewTask
-from tm.db.queries import Inserted
+from tm.db.tasks import Inserted
 from tm.scheduler.render import inserted_json, task_json
 
 CREATED = datetime(2026, 11, 27, 8, 0, 0, 123456, tzinfo=UTC)

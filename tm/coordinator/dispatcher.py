@@ -32,7 +32,7 @@ from tm.coordinator.state import Coordinator
 from tm.core import dispatch
 from tm.core.backoff import exponential
 from tm.core.timefmt import to_micros
-from tm.db import queries
+from tm.db import dispatch as db_dispatch
 from tm.proto.gen.taskmaster import v1 as pb
 
 log = structlog.get_logger(__name__)
@@ -64,7 +64,8 @@ class Dispatcher:
             return self._backoff_wait(now)
         self._rotation += 1
         slots = dispatch.plan(credits, min(total, self.settings.max_claim), rotation=self._rotation)
-        claimed = await queries.claim(self.db, slots, self.coordinator.id, self.settings.lease_s)
+        claimed = await db_dispatch.claim(
+            self.db, slots, self.coordinator.id, self.settings.lease_s)
         if claimed:
             self._push_all(claimed)
             metrics.CLAIM_BATCH.observe(len(claimed))
@@ -73,7 +74,7 @@ class Dispatcher:
                     max(0.0, (task.picked_at - task.scheduled_at).total_seconds()))
         if len(claimed) == len(slots):
             return 0.0
-        due_in = await queries.seconds_until_due(self.db)
+        due_in = await db_dispatch.seconds_until_due(self.db)
         if due_in is None:
             return self.settings.scan_interval_s
         return min(self.settings.scan_interval_s, max(0.0, due_in))
@@ -86,8 +87,8 @@ class Dispatcher:
         ]
         return min([self.settings.scan_interval_s, *resume])
 
-    def _push_all(self, claimed: list[queries.Claimed]) -> None:
-        batches: dict[str, list[queries.Claimed]] = {}
+    def _push_all(self, claimed: list[db_dispatch.Claimed]) -> None:
+        batches: dict[str, list[db_dispatch.Claimed]] = {}
         for task in claimed:
             batches.setdefault(task.worker_id, []).append(task)
         for worker_id, tasks in batches.items():
@@ -105,7 +106,7 @@ class Dispatcher:
                 self._nursery.start_soon(self._push, link, tasks[:fits])
         metrics.DISPATCHED.inc(len(claimed))
 
-    async def _push(self, link: WorkerLink, tasks: list[queries.Claimed]) -> None:
+    async def _push(self, link: WorkerLink, tasks: list[db_dispatch.Claimed]) -> None:
         request = pb.PushRequest(
             coordinator_id=self.coordinator.id,
             tasks=[
@@ -157,9 +158,9 @@ class Dispatcher:
             rejected=len(rejected),
         )
 
-    async def _undo(self, worker_id: str, tasks: list[queries.Claimed]) -> None:
+    async def _undo(self, worker_id: str, tasks: list[db_dispatch.Claimed]) -> None:
         try:
-            count = await queries.undo_push(self.db, [(t.task_id, t.attempt) for t in tasks])
+            count = await db_dispatch.undo_push(self.db, [(t.task_id, t.attempt) for t in tasks])
         except DatabaseUnavailable as exc:
             self.log.warning(
                 "could not hand back tasks; their leases will",

@@ -29,7 +29,7 @@ from tm import metrics
 from tm.aio.pg import DatabaseUnavailable
 from tm.coordinator.registry import WorkerLink
 from tm.coordinator.state import Coordinator
-from tm.db import queries
+from tm.db import recovery, workers
 from tm.retry import Backoff, retry_forever
 
 log = structlog.get_logger(__name__)
@@ -82,8 +82,8 @@ class Liveness:
         db = self.coordinator.db
 
         async def recover() -> list[Any]:
-            rows = await queries.recover_worker_tasks(db, worker_id)
-            await queries.forget_worker(db, worker_id, self.coordinator.id)
+            rows = await recovery.recover_worker_tasks(db, worker_id)
+            await workers.forget_worker(db, worker_id, self.coordinator.id)
             return rows
 
         rows = await retry_forever(
@@ -124,8 +124,8 @@ class Liveness:
                     healthy_since = trio.current_time()
                 continue
             try:
-                rows = await queries.recover_expired_leases(db)
-                await queries.forget_silent_workers(db, 3 * self.settings.heartbeat_timeout_s)
+                rows = await recovery.recover_expired_leases(db)
+                await workers.forget_silent_workers(db, 3 * self.settings.heartbeat_timeout_s)
             except DatabaseUnavailable as exc:
                 healthy_since = trio.current_time()
                 self.log.warning("lease reaper skipped a round", action="reap_retry",

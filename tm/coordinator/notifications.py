@@ -1,5 +1,5 @@
 """The notification follower: LISTEN tm_due wakes the dispatcher, LISTEN tm_cancel relays
-cancels to the workers holding the tasks.
+cancels to the workers holding the tasks (channels and payloads: tm/db/notify.py).
 
     notifications   one connection listening on both channels; reconnects with backoff
     cancel[task]    one short call per cancel relayed (serve_coordinator's nursery)
@@ -7,8 +7,8 @@ cancels to the workers holding the tasks.
 Notifications only make things faster, never correct: a lost NOTIFY is caught by the
 dispatcher's backstop scan, and every (re)connection wakes the dispatcher for whatever
 happened while nobody listened. A cancel reaches the worker only if this coordinator
-holds that worker's link; the task's row is already `cancelled` (tm.db), so a cancel not
-delivered still ends in that state — its worker's late report is stale.
+holds that worker's link; the task's row is already `cancelled` (tm.db.tasks), so a cancel
+not delivered still ends in that state — its worker's late report is stale.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tm.aio.grpc import RpcFailed
 from tm.aio.pg import DatabaseUnavailable
 from tm.coordinator.registry import WorkerLink
 from tm.coordinator.state import Coordinator
+from tm.db import notify
 from tm.proto.gen.taskmaster import v1 as pb
 from tm.retry import Backoff, retry_forever
 
@@ -48,7 +49,7 @@ class Notifications:
 
     async def _follow(self) -> NoReturn:
         db = self.coordinator.db
-        async with db.listen("tm_due") as due, db.listen("tm_cancel") as cancels:
+        async with db.listen(notify.DUE) as due, db.listen(notify.CANCEL) as cancels:
             self._backoff.reset()
             self.coordinator.waker.wake()  # anything that happened while not listening
             async with trio.open_nursery() as nursery:
@@ -67,10 +68,16 @@ class Notifications:
         self, channel: trio.MemoryReceiveChannel[str], scope: trio.CancelScope
     ) -> None:
         async for payload in channel:
-            task_id, attempt, worker_id = payload.split(" ", 2)
-            link = self.coordinator.registry.get(worker_id)
+            try:
+                notice = notify.CancelNotice.decode(payload)
+            except ValueError as exc:
+                self.log.warning("malformed cancel notice", action="cancel_notice_malformed",
+                                 error=str(exc))
+                continue
+            link = self.coordinator.registry.get(notice.worker_id)
             if link is not None:
-                self._nursery.start_soon(self._cancel_on_worker, link, task_id, int(attempt))
+                self._nursery.start_soon(
+                    self._cancel_on_worker, link, str(notice.task_id), notice.attempt)
         scope.cancel()
 
     async def _cancel_on_worker(self, link: WorkerLink, task_id: str, attempt: int) -> None:

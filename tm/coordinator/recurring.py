@@ -26,6 +26,7 @@ from tm import metrics
 from tm.aio.pg import Database, DatabaseUnavailable
 from tm.coordinator.rounds import Waker, run_rounds
 from tm.core.timefmt import format_time
+from tm.db import notify
 from tm.db import schedules as db_schedules
 from tm.retry import Backoff, retry_forever
 from tm.settings import CoordinatorSettings
@@ -113,7 +114,7 @@ class Recurring:
         )
 
     async def _follow(self) -> NoReturn:
-        async with self.db.listen("tm_schedules") as changes:
+        async with self.db.listen(notify.SCHEDULES) as changes:
             self._listen_backoff.reset()
             self.wake()  # anything changed while not listening
             async for _name in changes:

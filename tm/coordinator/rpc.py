@@ -17,13 +17,12 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from ssl import SSLContext
 
 import structlog
 import trio
 
-from tm import metrics
+from tm import metrics, wire
 from tm.aio.grpc import Code, RpcError, WorkerPeer, connect_peer
 from tm.aio.pg import DatabaseUnavailable
 from tm.coordinator.liveness import Liveness
@@ -31,8 +30,9 @@ from tm.coordinator.registry import WorkerLink, advertised
 from tm.coordinator.state import Coordinator
 from tm.core.addresses import split_address
 from tm.core.dispatch import Credit
-from tm.core.timefmt import from_micros
-from tm.db import queries
+from tm.core.reports import Report, ReportKind
+from tm.db import reports as db_reports
+from tm.db import workers
 from tm.proto.gen.taskmaster import v1 as pb
 
 log = structlog.get_logger(__name__)
@@ -43,15 +43,6 @@ MAX_WORKER_ID = 200
 def _check_worker_id(worker_id: str) -> None:
     if not worker_id or len(worker_id) > MAX_WORKER_ID or not worker_id.isprintable():
         raise RpcError(Code.INVALID_ARGUMENT, "worker_id must be 1-200 printable characters")
-
-
-def _time(micros: int) -> datetime:
-    if micros <= 0:
-        return datetime.now(UTC)
-    try:
-        return from_micros(micros)
-    except (OverflowError, ValueError, OSError):
-        return datetime.now(UTC)
 
 
 class CoordinatorService:
@@ -138,7 +129,7 @@ class CoordinatorService:
         if link is not None:
             self._heard_from(link, request.capacity)
         try:
-            applied, stale = await queries.apply_reports(
+            applied, stale = await db_reports.apply_reports(
                 self.coordinator.db,
                 reports,
                 retry_base_s=self.settings.retry_base_s,
@@ -154,49 +145,34 @@ class CoordinatorService:
                 worker_id=request.worker_id,
             )
         metrics.STALE_REPORTS.inc(len(stale))
-        if any(r.kind in (queries.FAILED, queries.RETURNED) for r in reports):
+        if any(r.kind in (ReportKind.FAILED, ReportKind.RETURNED) for r in reports):
             self.coordinator.waker.wake()  # retries and returned tasks may be due now
         return pb.ReportResponse(applied=applied, stale=len(stale), known=link is not None)
 
     def _reports(
         self, worker_id: str, updates: Sequence[pb.TaskUpdate]
-    ) -> list[queries.Report]:
+    ) -> list[Report[uuid.UUID]]:
         """The well-formed updates as reports; the others are logged and dropped."""
         reports = []
         for update in updates:
             try:
-                task_id = uuid.UUID(update.task_id)
-            except ValueError:
+                reports.append(wire.from_update(update, jitter=random.random()))
+            except wire.BadTaskId:
                 self.log.warning(
                     "malformed task id in report",
                     action="report_task_id_malformed",
                     worker_id=worker_id,
                     task_id=update.task_id[:64],
                 )
-                continue
-            kind = int(update.kind)
-            if not queries.STARTED <= kind <= queries.RETURNED or update.attempt < 1:
+            except wire.BadUpdate as exc:
                 self.log.warning(
                     "malformed task update",
                     action="report_update_malformed",
                     worker_id=worker_id,
                     task_id=update.task_id,
-                    kind=kind,
+                    kind=int(update.kind),
+                    error=str(exc),
                 )
-                continue
-            reports.append(
-                queries.Report(
-                    task_id=task_id,
-                    attempt=update.attempt,
-                    kind=kind,
-                    at=_time(update.at_us),
-                    started_at=_time(update.started_at_us) if update.started_at_us > 0 else None,
-                    exit_code=update.exit_code,
-                    output=update.output.replace("\x00", "") or None,
-                    error=update.error.replace("\x00", "") or None,
-                    jitter=random.random(),
-                )
-            )
         return reports
 
     def _heard_from(self, link: WorkerLink, capacity: pb.Capacity | None) -> None:
@@ -217,7 +193,7 @@ class CoordinatorService:
         return held
 
     async def _record(self, link: WorkerLink, held: list[tuple[uuid.UUID, int]]) -> None:
-        record = queries.WorkerRecord(
+        record = workers.WorkerRecord(
             worker_id=link.worker_id,
             address=link.address,
             draining=link.credit.draining,
@@ -226,7 +202,7 @@ class CoordinatorService:
             held=held,
         )
         try:
-            await queries.record_heartbeat(
+            await workers.record_heartbeat(
                 self.coordinator.db, record, self.coordinator.id, self.settings.lease_s
             )
         except DatabaseUnavailable as exc:

@@ -105,14 +105,6 @@ def plan(credits: Iterable[Credit], limit: int, *, rotation: int = 0) -> list[st
     return slots
 
 
-def group(task_ids: Iterable[str], slots: Iterable[str]) -> dict[str, list[str]]:
-    """Pair tasks (in order) with planned slots: worker id -> the task ids it receives."""
-    batches: dict[str, list[str]] = {}
-    for task_id, worker_id in zip(task_ids, slots, strict=False):
-        batches.setdefault(worker_id, []).append(task_id)
-    return batches
-
-
 def replace_available(credit: Credit, available: int) -> Credit:
     """A copy of `credit` that offers at most `available` slots (for planning only)."""
     if available >= credit.available:

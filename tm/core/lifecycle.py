@@ -1,7 +1,12 @@
-"""The task state machine: every transition a task can make, in one place.
+"""The task state machine: every transition a task can make, as data, in one place.
 
-The coordinator's SQL (tm/db/queries.py) applies exactly these transitions in bulk; this
-module is the reference they are tested against, and what the property tests drive.
+`TRANSITIONS` says, for each event, which statuses it applies to and where it takes the
+task. The functions below apply it to one `TaskState` (what the property tests drive);
+tm/db/transitions.py renders the same table into the SQL that applies it in bulk — the
+status `CASE` arms of the report and recovery statements and the status guards of claim,
+hand-back and cancel — so there is no second copy of it to drift.
+tests/integration/test_lifecycle_sql.py drives identical random event sequences through
+both and compares the rows with the states.
 
 Invariants this module keeps (checked by tests/unit/test_lifecycle_machine.py):
 
@@ -23,11 +28,77 @@ bounded by `max_losses`), so a lost worker never eats a task's retry budget.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
 
-from tm.core.tasks import HELD, Status
+from tm.core.reports import ReportKind
+from tm.core.tasks import HELD, TERMINAL, Status
 
 WORKER_LOST = "worker lost"
 TIMEOUT = "timeout"
+
+
+class Action(StrEnum):
+    """The events that are not a worker's report (those are tm.core.reports.ReportKind)."""
+
+    CLAIM = "claim"  # the coordinator dispatches a due task to a worker
+    PUSH_FAILED = "push_failed"  # the push certainly never reached the worker
+    WORKER_LOST = "worker_lost"  # the holder is gone (connection, heartbeat or lease)
+    CANCEL = "cancel"  # a client cancels
+
+
+Event = ReportKind | Action
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A counter a transition spends, and its limit.
+
+    While `counter + 1 < limit`, and the task is not at-most-once (Rule 5), the transition
+    goes where it says; otherwise the task fails, with `error` if one is given (else the
+    report's own). Either way the counter grows by one. `counter` and `limit` name fields of
+    `TaskState` and the columns of `tasks` alike.
+    """
+
+    counter: str
+    limit: str
+    error: str | None = None
+
+
+RETRIES = Budget("failures", "max_attempts")
+LOSSES = Budget("losses", "max_losses", error=WORKER_LOST)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """An event applies to a task whose status is in `accepts` and takes it to `to`
+    (or to failed, once `budget` is spent). In any other status it is stale."""
+
+    accepts: frozenset[Status]
+    to: Status
+    budget: Budget | None = None
+
+    @property
+    def outcomes(self) -> frozenset[Status]:
+        return frozenset({self.to, Status.FAILED} if self.budget else {self.to})
+
+
+PICKED = frozenset({Status.PICKED})
+LIVE = frozenset(Status) - TERMINAL
+
+# The whole state machine. Fences beside the statuses: a claim needs the task due
+# (Rule 2), reports need the current attempt (Rule 3), a loss needs the holder itself.
+TRANSITIONS: dict[Event, Transition] = {
+    Action.CLAIM: Transition(frozenset({Status.SCHEDULED}), Status.PICKED),
+    Action.PUSH_FAILED: Transition(PICKED, Status.SCHEDULED),
+    ReportKind.STARTED: Transition(PICKED, Status.RUNNING),
+    ReportKind.COMPLETED: Transition(HELD, Status.COMPLETED),
+    ReportKind.FAILED: Transition(HELD, Status.SCHEDULED, RETRIES),
+    ReportKind.CANCELLED: Transition(HELD, Status.CANCELLED),
+    ReportKind.RETURNED: Transition(PICKED, Status.SCHEDULED),
+    Action.WORKER_LOST: Transition(HELD, Status.SCHEDULED, LOSSES),
+    Action.CANCEL: Transition(LIVE, Status.CANCELLED),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +130,36 @@ def _stale(state: TaskState) -> Outcome:
     return Outcome(state, stale=True)
 
 
+def budget_left(state: TaskState, budget: Budget) -> bool:
+    """Whether a transition spending `budget` still goes where it says (see Budget)."""
+    spent: int = getattr(state, budget.counter)
+    limit: int = getattr(state, budget.limit)
+    return spent + 1 < limit and not state.at_most_once
+
+
+def _move(state: TaskState, event: Event, **changes: Any) -> Outcome:
+    """Apply TRANSITIONS[event] (the caller has checked the event's fence)."""
+    transition = TRANSITIONS[event]
+    if state.status not in transition.accepts:
+        return _stale(state)
+    status = transition.to
+    budget = transition.budget
+    if budget is not None:
+        if not budget_left(state, budget):
+            status = Status.FAILED
+            if budget.error is not None:
+                changes["error"] = budget.error
+        changes[budget.counter] = getattr(state, budget.counter) + 1
+    if status not in HELD:
+        changes["worker_id"] = None
+    return Outcome(replace(state, status=status, **changes))
+
+
 def claim(state: TaskState, worker_id: str, now: float) -> Outcome:
     """Dispatch to `worker_id`: only a scheduled task that is due."""
-    if state.status is not Status.SCHEDULED or now < state.scheduled_at:
+    if now < state.scheduled_at:
         return _stale(state)
-    return Outcome(
-        replace(state, status=Status.PICKED, attempt=state.attempt + 1, worker_id=worker_id)
-    )
+    return _move(state, Action.CLAIM, attempt=state.attempt + 1, worker_id=worker_id)
 
 
 def push_failed(state: TaskState, attempt: int) -> Outcome:
@@ -74,65 +168,68 @@ def push_failed(state: TaskState, attempt: int) -> Outcome:
     The attempt number is kept (it is the fencing token and must only grow), and the
     at-most-once budget is not spent, since nothing ran.
     """
-    if state.status is not Status.PICKED or state.attempt != attempt:
+    if state.attempt != attempt:
         return _stale(state)
-    return Outcome(replace(state, status=Status.SCHEDULED, worker_id=None))
+    return _move(state, Action.PUSH_FAILED)
+
+
+def reported(
+    state: TaskState,
+    kind: ReportKind,
+    attempt: int,
+    *,
+    error: str | None = None,
+    retry_at: float = 0.0,
+) -> Outcome:
+    """A worker's report of `kind` about `attempt`; a failure to retry is due at `retry_at`.
+
+    A completion clears an earlier attempt's error, a failure records its own; a cancel or
+    a hand-back leaves the error as it was.
+    """
+    if state.attempt != attempt:
+        return _stale(state)
+    if kind is ReportKind.STARTED:
+        return _move(state, kind, started=True)
+    if kind is ReportKind.COMPLETED:
+        return _move(state, kind, error=None)
+    if kind is ReportKind.FAILED:
+        outcome = _move(state, kind, error=error)
+        if outcome.changed and outcome.state.status is Status.SCHEDULED:
+            return Outcome(replace(outcome.state, scheduled_at=retry_at))
+        return outcome
+    return _move(state, kind)
 
 
 def started(state: TaskState, attempt: int) -> Outcome:
-    if state.status is not Status.PICKED or state.attempt != attempt:
-        return _stale(state)
-    return Outcome(replace(state, status=Status.RUNNING, started=True))
+    return reported(state, ReportKind.STARTED, attempt)
 
 
 def completed(state: TaskState, attempt: int) -> Outcome:
-    if state.status not in HELD or state.attempt != attempt:
-        return _stale(state)
-    return Outcome(replace(state, status=Status.COMPLETED, worker_id=None))
+    return reported(state, ReportKind.COMPLETED, attempt)
 
 
 def failed(state: TaskState, attempt: int, error: str | None, retry_at: float) -> Outcome:
     """An execution failure: retried at `retry_at` while the retry budget lasts."""
-    if state.status not in HELD or state.attempt != attempt:
-        return _stale(state)
-    failures = state.failures + 1
-    if failures < state.max_attempts and not state.at_most_once:
-        return Outcome(
-            replace(
-                state,
-                status=Status.SCHEDULED,
-                worker_id=None,
-                failures=failures,
-                scheduled_at=retry_at,
-                error=error,
-            )
-        )
-    return Outcome(
-        replace(state, status=Status.FAILED, worker_id=None, failures=failures, error=error)
-    )
+    return reported(state, ReportKind.FAILED, attempt, error=error, retry_at=retry_at)
+
+
+def cancelled(state: TaskState, attempt: int) -> Outcome:
+    """The worker stopped the attempt on a cancel request."""
+    return reported(state, ReportKind.CANCELLED, attempt)
 
 
 def returned(state: TaskState, attempt: int) -> Outcome:
     """The worker hands back a task it never started (drain): dispatch it again."""
-    if state.status is not Status.PICKED or state.attempt != attempt:
-        return _stale(state)
-    return Outcome(replace(state, status=Status.SCHEDULED, worker_id=None))
+    return reported(state, ReportKind.RETURNED, attempt)
 
 
 def worker_lost(state: TaskState, worker_id: str) -> Outcome:
     """`worker_id` is gone (heartbeat deadline, lease expiry) before reporting a result."""
-    if state.status not in HELD or state.worker_id != worker_id:
+    if state.worker_id != worker_id:
         return _stale(state)
-    losses = state.losses + 1
-    if state.at_most_once or losses >= state.max_losses:
-        return Outcome(
-            replace(state, status=Status.FAILED, worker_id=None, losses=losses, error=WORKER_LOST)
-        )
-    return Outcome(replace(state, status=Status.SCHEDULED, worker_id=None, losses=losses))
+    return _move(state, Action.WORKER_LOST)
 
 
 def cancel(state: TaskState) -> Outcome:
     """A client cancel. Terminal tasks refuse (the API answers 409)."""
-    if state.status.terminal:
-        return _stale(state)
-    return Outcome(replace(state, status=Status.CANCELLED, worker_id=None))
+    return _move(state, Action.CANCEL)

@@ -2,8 +2,8 @@
 
 Times that decide anything come from the database's clock (`clock_timestamp()`), the clock
 every coordinator shares; the decisions themselves are tm.core.schedules, called inside the
-transaction. Changes made through the API are announced with NOTIFY tm_schedules so that
-coordinators re-plan their timers at once.
+transaction. Changes made through the API are announced with NOTIFY tm_schedules
+(tm/db/notify.py) so that coordinators re-plan their timers at once.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from tm.core.schedules import (
     plan_occurrences,
 )
 from tm.core.tasks import InvalidInput
+from tm.db import notify
 from tm.ids import new_id
 
 SCHEDULE_COLUMNS = """name, cron, timezone, command, max_attempts, timeout_s, at_most_once,
@@ -34,7 +35,7 @@ SCHEDULE_COLUMNS = """name, cron, timezone, command, max_attempts, timeout_s, at
     skipped_runs, missed_runs"""
 
 NOW = "SELECT clock_timestamp()"
-NOTIFY_CHANGED = "SELECT pg_notify('tm_schedules', $1)"
+NOTIFY_CHANGED = notify.notify_statement(notify.SCHEDULES)
 
 INSERT_SCHEDULE = f"""
 INSERT INTO schedules (name, cron, timezone, command, max_attempts, timeout_s, at_most_once,

@@ -15,7 +15,8 @@ from quart_schema import document_response, hide
 from tm import metrics
 from tm.aio.pg import Database, DatabaseUnavailable
 from tm.core.tasks import Status
-from tm.db import queries
+from tm.db import tasks as db_tasks
+from tm.db import workers as db_workers
 from tm.scheduler import schemas as sc
 from tm.scheduler.http import api_blueprint, error_response, errors, json_response, services
 from tm.scheduler.render import worker_json
@@ -29,7 +30,7 @@ blueprint = api_blueprint("cluster", __name__)
 @document_response(sc.WorkerList, 200)
 @errors()
 async def workers() -> Response:
-    rows = await queries.list_workers(services().db, services().settings.worker_timeout_s)
+    rows = await db_workers.list_workers(services().db, services().settings.worker_timeout_s)
     return json_response({"workers": [worker_json(r) for r in rows]})
 
 
@@ -37,7 +38,7 @@ async def workers() -> Response:
 @hide
 async def metrics_endpoint() -> Response:
     counts = {s.value: 0 for s in Status}
-    counts.update(await queries.count_by_status(services().db))
+    counts.update(await db_tasks.count_by_status(services().db))
     for status, count in counts.items():
         metrics.TASKS.labels(status).set(count)
     body, content_type = metrics.render()

@@ -26,7 +26,7 @@ import trio
 from tm import metrics
 from tm.aio.pg import Database, DatabaseUnavailable
 from tm.core.tasks import NewTask
-from tm.db import queries
+from tm.db import tasks as db_tasks
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +35,7 @@ log = structlog.get_logger(__name__)
 class _Pending:
     tasks: Sequence[NewTask]
     done: trio.Event = field(default_factory=trio.Event)
-    result: list[queries.Inserted] | None = None
+    result: list[db_tasks.Inserted] | None = None
     error: BaseException | None = None
 
 
@@ -52,7 +52,7 @@ class GroupCommit:
         mean = self.rows / self.groups if self.groups else 0.0
         return f"<GroupCommit [{self.groups} groups, {mean:.1f} rows per group]>"
 
-    async def insert(self, tasks: Sequence[NewTask]) -> list[queries.Inserted]:
+    async def insert(self, tasks: Sequence[NewTask]) -> list[db_tasks.Inserted]:
         """Store `tasks` (in one group with whatever else is waiting); results in order."""
         pending = _Pending(tasks)
         await self._send.send(pending)
@@ -101,7 +101,7 @@ class GroupCommit:
     async def _flush(self, group: list[_Pending]) -> None:
         tasks = [task for pending in group for task in pending.tasks]
         try:
-            results = await queries.insert_tasks(self._db, tasks)
+            results = await db_tasks.insert_tasks(self._db, tasks)
         except DatabaseUnavailable as exc:
             for pending in group:
                 pending.error = exc

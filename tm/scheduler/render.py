@@ -9,7 +9,7 @@ from typing import Any
 from tm.core.schedules import SCHEDULE_FIELDS
 from tm.core.tasks import TASK_FIELDS
 from tm.core.timefmt import format_time
-from tm.db.queries import NEW_ROW_DEFAULTS, Inserted
+from tm.db.tasks import NEW_ROW_DEFAULTS, Inserted
 
 _TIME_FIELDS = frozenset(
     {

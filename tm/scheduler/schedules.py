@@ -26,8 +26,8 @@ from quart_schema import (
 
 from tm.core.schedules import parse_new_schedule, parse_schedule_name
 from tm.core.tasks import InvalidInput
-from tm.db import queries
 from tm.db import schedules as db_schedules
+from tm.db import tasks as db_tasks
 from tm.scheduler import schemas as sc
 from tm.scheduler.http import ApiError, api_blueprint, errors, json_response, read_json, services
 from tm.scheduler.query import after_arg, limit_arg, status_arg
@@ -124,7 +124,7 @@ async def list_runs(name: str) -> Response:
     db = services().db
     if await db_schedules.get_schedule(db, name) is None:
         raise _unknown(name)
-    rows, cursor = await queries.list_tasks(
+    rows, cursor = await db_tasks.list_tasks(
         db, status=status, limit=limit, after=after, schedule=name
     )
     return json_response({"tasks": [run_json(r) for r in rows], "next": cursor})

@@ -36,7 +36,7 @@ from tm.core.tasks import (
     parse_new_tasks,
     parse_task_id,
 )
-from tm.db import queries
+from tm.db import tasks as db_tasks
 from tm.ids import new_id, new_ids
 from tm.scheduler import schemas as sc
 from tm.scheduler.http import (
@@ -109,7 +109,7 @@ def _batch_items(body: dict[str, Any]) -> list[object]:
 
 async def _task_or_404(task_id: str | None) -> Response:
     parsed = parse_task_id(task_id)
-    row = await queries.get_task(services().db, parsed)
+    row = await db_tasks.get_task(services().db, parsed)
     if row is None:
         raise ApiError(404, f"no task with id {parsed}")
     return json_response(task_json(row))
@@ -176,7 +176,7 @@ async def get_task(task_id: str) -> Response:
 @errors(400)
 async def list_tasks() -> Response:
     status_filter, limit, after = status_arg(), limit_arg(), after_arg()
-    rows, cursor = await queries.list_tasks(
+    rows, cursor = await db_tasks.list_tasks(
         services().db, status=status_filter, limit=limit, after=after
     )
     return json_response({"tasks": tasks_json(rows), "next": cursor})
@@ -187,7 +187,7 @@ async def list_tasks() -> Response:
 @errors(400, 404, 409)
 async def cancel(task_id: str) -> Response:
     parsed = parse_task_id(task_id)
-    outcome, row = await queries.cancel_task(services().db, parsed)
+    outcome, row = await db_tasks.cancel_task(services().db, parsed)
     if outcome == "unknown":
         raise ApiError(404, f"no task with id {parsed}")
     if outcome == "finished":

@@ -22,14 +22,13 @@ import trio
 
 from tm import metrics
 from tm.core.lifecycle import TIMEOUT
+from tm.core.reports import ReportKind as Kind
 from tm.proto.gen.taskmaster import v1 as pb
 from tm.settings import WorkerSettings
 from tm.worker.executors import Executor
 from tm.worker.outbox import Outbox
 
 log = structlog.get_logger(__name__)
-
-Kind = pb.UpdateKind
 
 
 @dataclass(eq=False)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tm.aio.pg import Database
-from tm.db import ui_queries
+from tm.db import dashboard
 
 CHART_MINUTES = 15
 
@@ -23,7 +23,7 @@ def _hhmm(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%H:%M")
 
 
-def chart(series: list[ui_queries.MinuteCount], *, width: int = 300, height: int = 80
+def chart(series: list[dashboard.MinuteCount], *, width: int = 300, height: int = 80
           ) -> dict[str, Any]:
     """Bar geometry for an inline SVG chart (templates/_chart.html): one bar per minute,
     `failed` stacked on top of `count`."""
@@ -52,6 +52,6 @@ def chart(series: list[ui_queries.MinuteCount], *, width: int = 300, height: int
 
 async def charts_context(db: Database) -> dict[str, Any]:
     """What templates/_charts.html needs: both charts and their time span."""
-    finished = await ui_queries.finished_per_minute(db, CHART_MINUTES)
-    backlog = await ui_queries.due_backlog(db, CHART_MINUTES)
+    finished = await dashboard.finished_per_minute(db, CHART_MINUTES)
+    backlog = await dashboard.due_backlog(db, CHART_MINUTES)
     return {"throughput": chart(finished), "backlog": chart(backlog), "minutes": CHART_MINUTES}

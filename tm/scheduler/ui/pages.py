@@ -31,8 +31,9 @@ from quart_schema import hide
 
 from tm.core.tasks import InvalidInput, Status
 from tm.core.timefmt import format_time
-from tm.db import queries
 from tm.db import schedules as db_schedules
+from tm.db import tasks as db_tasks
+from tm.db import workers as db_workers
 from tm.scheduler.http import services
 from tm.scheduler.ui import sessions
 from tm.scheduler.ui.charts import charts_context
@@ -149,8 +150,8 @@ async def logout() -> Response:
 async def overview_context() -> dict[str, Any]:
     db, settings = services().db, services().settings
     counts = {s.value: 0 for s in Status}
-    counts.update(await queries.count_by_status(db))
-    workers = await queries.list_workers(db, settings.worker_timeout_s)
+    counts.update(await db_tasks.count_by_status(db))
+    workers = await db_workers.list_workers(db, settings.worker_timeout_s)
     return {
         "counts": counts, "total": sum(counts.values()), "workers": workers,
         "free_slots": sum(w["free_slots"] for w in workers),
@@ -194,7 +195,7 @@ async def tasks_context() -> dict[str, Any]:
     cursor = None
     if error is None:
         try:
-            rows, cursor = await queries.list_tasks(services().db, status=status,
+            rows, cursor = await db_tasks.list_tasks(services().db, status=status,
                                                     limit=PAGE_SIZE, after=after)
         except InvalidInput as exc:
             error = str(exc)
@@ -233,7 +234,7 @@ async def load_task(task_id: str) -> Any:
         parsed = uuid.UUID(task_id)
     except ValueError:
         return None
-    return await queries.get_task(services().db, parsed)
+    return await db_tasks.get_task(services().db, parsed)
 
 
 def task_context(row: Any, message: str | None = None) -> dict[str, Any]:
@@ -271,7 +272,7 @@ async def cancel(task_id: str) -> Response:
     except ValueError:
         return await not_found(f"No task with id {task_id[:80]!r}.")
     db = services().db
-    outcome, row = await queries.cancel_task(db, parsed)
+    outcome, row = await db_tasks.cancel_task(db, parsed)
     if outcome == "unknown":
         return await not_found(f"No task with id {parsed}.")
     if outcome == "finished":
@@ -280,7 +281,7 @@ async def cancel(task_id: str) -> Response:
         message = "Cancelled."
         log.info("task cancelled from the dashboard", action="ui_task_cancelled",
                  task_id=str(parsed), worker_id=row["held_by"])
-        row = await queries.get_task(db, parsed)
+        row = await db_tasks.get_task(db, parsed)
     if is_htmx():
         return await page("_task.html", **task_context(row, message))
     return see_other(f"/ui/tasks/{parsed}")
